@@ -1,0 +1,1 @@
+//! livevote hub (being built).

@@ -1,0 +1,177 @@
+//! Tokens: minting and verifying HS256 JWTs, and what each role may do.
+
+use chrono::{DateTime, TimeZone, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use livevote_protocol::{Channel, ChannelKind, Role};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The claims of a livevote token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claims {
+    pub sub: Uuid,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streamer_id: Option<Uuid>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+impl Claims {
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        Utc.timestamp_opt(self.exp, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Whether this token may subscribe to `channel` (contract §3 role table).
+    pub fn may_subscribe(&self, channel: &Channel) -> bool {
+        match channel.kind {
+            ChannelKind::Streamer | ChannelKind::Game => true,
+            ChannelKind::User => self.role == Role::Admin || channel.id == self.sub,
+        }
+    }
+
+    pub fn may_vote(&self) -> bool {
+        matches!(self.role, Role::Viewer | Role::Streamer | Role::Admin)
+    }
+
+    pub fn may_create_events(&self) -> bool {
+        matches!(self.role, Role::Worker | Role::Admin)
+    }
+
+    /// Whether this token may close an event of `streamer_id`.
+    pub fn may_close(&self, streamer_id: Uuid) -> bool {
+        match self.role {
+            Role::Worker | Role::Admin => true,
+            Role::Streamer => self.streamer_id == Some(streamer_id),
+            Role::Viewer => false,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token missing")]
+    Missing,
+    #[error("token invalid")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+}
+
+/// Signs and verifies tokens with the configured secret.
+pub struct Authenticator {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Authenticator { .. }")
+    }
+}
+
+impl Authenticator {
+    pub fn new(secret: &str) -> Self {
+        // Only HS256: a token that names another algorithm (`none` included) is refused.
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Expiry is exact: the socket closes at `exp` and the API must agree with it.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn mint(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// Verifies signature, algorithm and expiry (`now` in unix seconds).
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        // jsonwebtoken accepts exp == now; the contract treats a token as expired at `exp`.
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.role == Role::Streamer && claims.streamer_id.is_none() {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(role: Role, exp: i64) -> Claims {
+        Claims { sub: Uuid::from_u128(7), role, streamer_id: None, iat: 0, exp }
+    }
+
+    #[test]
+    fn verifies_its_own_tokens_and_refuses_others() {
+        let auth = Authenticator::new("a-secret-that-is-long-enough-for-hs256");
+        let token = auth.mint(&claims(Role::Viewer, 2_000));
+        assert_eq!(auth.verify(&token, 1_000).unwrap().role, Role::Viewer);
+        assert_eq!(auth.verify(&token, 2_000), Err(TokenError::Expired));
+        let other = Authenticator::new("another-secret-that-is-long-enough-hs");
+        assert_eq!(other.verify(&token, 1_000), Err(TokenError::Invalid));
+        assert_eq!(auth.verify("", 1_000), Err(TokenError::Missing));
+        assert_eq!(auth.verify("not.a.jwt", 1_000), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn refuses_alg_none() {
+        let auth = Authenticator::new("a-secret-that-is-long-enough-for-hs256");
+        let payload = serde_json::to_vec(&claims(Role::Admin, i64::MAX / 2)).unwrap();
+        use base64_like::encode;
+        let token = format!("{}.{}.", encode(br#"{"alg":"none","typ":"JWT"}"#), encode(&payload));
+        assert_eq!(auth.verify(&token, 1_000), Err(TokenError::Invalid));
+    }
+
+    /// Unpadded url-safe base64, enough to forge a token by hand in a test.
+    mod base64_like {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        pub fn encode(bytes: &[u8]) -> String {
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let value = chunk.iter().enumerate().fold(0u32, |acc, (i, byte)| acc | (u32::from(*byte) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    out.push(ALPHABET[((value >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn role_rules() {
+        let viewer = claims(Role::Viewer, 10);
+        assert!(viewer.may_subscribe(&Channel::user(viewer.sub)));
+        assert!(!viewer.may_subscribe(&Channel::user(Uuid::from_u128(8))));
+        assert!(!viewer.may_close(Uuid::from_u128(1)));
+        let streamer = Claims { streamer_id: Some(Uuid::from_u128(1)), ..claims(Role::Streamer, 10) };
+        assert!(streamer.may_close(Uuid::from_u128(1)));
+        assert!(!streamer.may_close(Uuid::from_u128(2)));
+        assert!(claims(Role::Admin, 10).may_subscribe(&Channel::user(Uuid::from_u128(8))));
+        assert!(!claims(Role::Worker, 10).may_vote());
+    }
+}

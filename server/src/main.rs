@@ -1,0 +1,2 @@
+//! livevote-server binary (being built).
+fn main() {}

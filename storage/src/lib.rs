@@ -1,0 +1,199 @@
+//! livevote's durable state behind one small trait, [`Store`]: events and their totals, votes,
+//! the append-only ledger with balances, and idempotency keys. [`sqlite::SqliteStore`] is the
+//! embedded implementation; a Postgres one is a second implementation of the same trait.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livevote_protocol::{Event, EventResult, EventStatus, Totals};
+use uuid::Uuid;
+
+pub mod sqlite;
+
+/// An event as stored, with everything the API and the snapshots need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event exactly as created (its `closesAt` text as the server normalised it).
+    pub event: Event,
+    pub closes_at: DateTime<Utc>,
+    pub status: EventStatus,
+    /// Votes per option; every option of the event has an entry, zero included.
+    pub totals: Totals,
+    /// Grows by one with every accepted vote request and once more at close.
+    pub seq: u64,
+    pub result: Option<EventResult>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// What `create_event` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The event is new.
+    Created(EventRecord),
+    /// An event with this id and an identical body already existed; nothing changed.
+    AlreadyExists(EventRecord),
+}
+
+/// A request to cast votes, already validated for shape (1–1000 votes) by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoteCommand {
+    pub user_id: Uuid,
+    pub event_id: Uuid,
+    pub option_id: String,
+    pub votes: u32,
+    /// `Idempotency-Key` header and a fingerprint of the request (path and canonical body):
+    /// a repeat with the same key and fingerprint replays the first answer.
+    pub idempotency: Option<IdempotencyKey>,
+    /// The server's clock at acceptance; votes at or after `closesAt` are refused.
+    pub now: DateTime<Utc>,
+    /// Credited (as a ledger entry) first if the user is new to the ledger.
+    pub initial_balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The answer to an accepted vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoteReceipt {
+    pub balance: i64,
+    pub totals: Totals,
+    /// The event's `seq` after this vote.
+    pub seq: u64,
+    /// True when this is the stored answer of an earlier request with the same key:
+    /// nothing changed and nothing should be published.
+    pub replayed: bool,
+}
+
+/// A credit by an admin to a user's balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditCommand {
+    pub admin_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub reason: String,
+    pub idempotency: Option<IdempotencyKey>,
+    pub initial_balance: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditReceipt {
+    pub balance: i64,
+    pub replayed: bool,
+}
+
+/// What `close_event` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOutcome {
+    pub record: EventRecord,
+    /// True for exactly one caller per event, across every node: the one that closed it.
+    pub newly_closed: bool,
+}
+
+/// One entry of the append-only ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub user_id: Uuid,
+    /// Positive for credits, negative for debits.
+    pub amount: i64,
+    pub kind: LedgerEntryKind,
+    pub event_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerEntryKind {
+    InitialCredit,
+    VoteDebit,
+    AdminCredit,
+}
+
+/// Filter of `list_events`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub streamer_id: Option<Uuid>,
+    pub status: Option<EventStatus>,
+}
+
+/// Why a store call failed. Every variant but `Database` is a client's mistake.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event not found")]
+    NotFound,
+    #[error("an event with this id but a different body already exists")]
+    Conflict,
+    #[error("the event is closed")]
+    EventClosed,
+    #[error("the event has no option `{0}`")]
+    UnknownOption(String),
+    #[error("balance {balance} is less than the {needed} this costs")]
+    InsufficientBalance { balance: i64, needed: i64 },
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(error.to_string())
+    }
+}
+
+/// livevote's durable state. Every method is atomic; votes and credits change the ledger,
+/// the balance and (for votes) the totals in one transaction or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Makes the user known to the ledger (crediting `initial_balance` once, as an entry)
+    /// and returns the balance.
+    async fn ensure_user(&self, user_id: Uuid, initial_balance: i64) -> Result<i64, StoreError>;
+
+    /// The user's balance, `None` if the ledger has never seen the user.
+    async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError>;
+
+    /// Persists a validated event (its totals start at zero for every option).
+    async fn create_event(&self, event: &Event, closes_at: DateTime<Utc>) -> Result<CreateOutcome, StoreError>;
+
+    async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError>;
+
+    /// Events matching the filter, newest `closesAt` first.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Every open event and every event closed at or after `closed_since`: what a node
+    /// loads into memory at start-up to serve snapshots and arm timers.
+    async fn live_events(&self, closed_since: DateTime<Utc>) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Debits `votes × costPerVote` and adds the votes to the totals, atomically.
+    async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError>;
+
+    /// Closes an open event with `chosen_option` as the result, or the option with the most
+    /// votes (ties: the first listed). Closing a closed event returns it unchanged with
+    /// `newly_closed = false`.
+    async fn close_event(
+        &self,
+        event_id: Uuid,
+        chosen_option: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, StoreError>;
+
+    /// Adds `amount` to a user's balance as an admin credit entry.
+    async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError>;
+
+    /// The user's ledger entries, oldest first (for audits and tests).
+    async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Total number of SQL statements the store has executed (for benchmarks such as "how
+    /// many queries did a reconnect storm cost").
+    fn query_count(&self) -> u64;
+}

@@ -1,0 +1,2 @@
+//! livevote build system (being built).
+fn main() {}
