@@ -1,2 +1,32 @@
-//! livevote build system (being built).
-fn main() {}
+//! livevote's build system: `cargo xtask test | demo | npm | bench`. CI is a thin wrapper
+//! around `cargo xtask test`.
+
+mod bench;
+mod demo;
+mod npm;
+mod test;
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let mut arguments = std::env::args().skip(1);
+    let command = arguments.next().unwrap_or_default();
+    let rest: Vec<String> = arguments.collect();
+    match command.as_str() {
+        "test" => test::run(&rest),
+        "demo" => demo::run(&rest),
+        "npm" => npm::run(&rest),
+        "bench" => bench::run(&rest),
+        _ => bail!(
+            "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md"
+        ),
+    }
+}
+
+/// The workspace root (the folder holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}

@@ -1,0 +1,1 @@
+//! Installing the tools the tests need (being built).
