@@ -1,0 +1,1 @@
+//! Per-user vote rate limits (governor, keyed by user id).

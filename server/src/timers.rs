@@ -1,0 +1,1 @@
+//! Event close timers (being built).
