@@ -163,7 +163,11 @@ pub trait Store: Send + Sync + 'static {
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError>;
 
     /// Persists a validated event (its totals start at zero for every option).
-    async fn create_event(&self, event: &Event, closes_at: DateTime<Utc>) -> Result<CreateOutcome, StoreError>;
+    async fn create_event(
+        &self,
+        event: &Event,
+        closes_at: DateTime<Utc>,
+    ) -> Result<CreateOutcome, StoreError>;
 
     async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError>;
 
@@ -172,7 +176,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every open event and every event closed at or after `closed_since`: what a node
     /// loads into memory at start-up to serve snapshots and arm timers.
-    async fn live_events(&self, closed_since: DateTime<Utc>) -> Result<Vec<EventRecord>, StoreError>;
+    async fn live_events(
+        &self,
+        closed_since: DateTime<Utc>,
+    ) -> Result<Vec<EventRecord>, StoreError>;
 
     /// Debits `votes × costPerVote` and adds the votes to the totals, atomically.
     async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError>;

@@ -1,0 +1,85 @@
+-- livevote's embedded schema.
+--
+-- Instants are Unix nanoseconds in INTEGER columns so that they compare and sort as numbers and
+-- come back exactly as they were written; uuids are 16-byte BLOBs (sqlx's encoding).
+
+CREATE TABLE events (
+    id          BLOB PRIMARY KEY NOT NULL,
+    streamer_id BLOB NOT NULL,
+    -- serde_json of the protocol Event, so that the API echoes it exactly (promptVersions included).
+    body        TEXT NOT NULL,
+    closes_at   INTEGER NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+    -- JSON object option id → votes; equals the sum of the event's rows in `votes`.
+    totals      TEXT NOT NULL,
+    seq         INTEGER NOT NULL DEFAULT 0 CHECK (seq >= 0),
+    -- JSON of the protocol EventResult, set exactly once, when the event closes.
+    result      TEXT,
+    closed_at   INTEGER,
+    created_at  INTEGER NOT NULL,
+    CHECK ((status = 'open') = (closed_at IS NULL AND result IS NULL))
+);
+
+CREATE INDEX events_by_streamer ON events (streamer_id, closes_at);
+CREATE INDEX events_by_closes_at ON events (closes_at);
+CREATE INDEX events_by_closed_at ON events (closed_at);
+CREATE INDEX events_by_status ON events (status);
+
+-- One row per user known to the ledger; `balance` is the sum of the user's ledger entries,
+-- kept here so that a vote needs no aggregate.
+CREATE TABLE balances (
+    user_id    BLOB PRIMARY KEY NOT NULL,
+    balance    INTEGER NOT NULL CHECK (balance >= 0),
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Append-only: the triggers below refuse every UPDATE and DELETE.
+CREATE TABLE ledger (
+    id         INTEGER PRIMARY KEY,
+    user_id    BLOB NOT NULL REFERENCES balances (user_id),
+    amount     INTEGER NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('initial_credit', 'vote_debit', 'admin_credit')),
+    event_id   BLOB REFERENCES events (id),
+    reason     TEXT,
+    created_at INTEGER NOT NULL,
+    CHECK (CASE kind WHEN 'vote_debit' THEN amount < 0 WHEN 'admin_credit' THEN amount > 0 ELSE amount >= 0 END)
+);
+
+CREATE INDEX ledger_by_user ON ledger (user_id, id);
+
+CREATE TRIGGER ledger_refuses_update BEFORE UPDATE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+
+CREATE TRIGGER ledger_refuses_delete BEFORE DELETE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+
+-- Every accepted vote request; an event's totals equal the sum of its rows here.
+CREATE TABLE votes (
+    id         INTEGER PRIMARY KEY,
+    event_id   BLOB NOT NULL REFERENCES events (id),
+    user_id    BLOB NOT NULL REFERENCES balances (user_id),
+    option_id  TEXT NOT NULL,
+    votes      INTEGER NOT NULL CHECK (votes >= 1),
+    cost       INTEGER NOT NULL CHECK (cost >= 0),
+    created_at INTEGER NOT NULL
+);
+
+CREATE INDEX votes_by_event ON votes (event_id);
+
+-- The first answer of every request that succeeded with an Idempotency-Key, scoped to the user
+-- who voted (or the admin who credited). Rows older than a day are purged now and then.
+CREATE TABLE idempotency_keys (
+    scope       BLOB NOT NULL,
+    key         TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('vote', 'credit')),
+    fingerprint TEXT NOT NULL,
+    response    TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);

@@ -1,0 +1,314 @@
+//! The embedded [`Store`]: SQLite through sqlx.
+//!
+//! Every write goes to one writer task that owns the only writing connection and commits in
+//! groups (see [`writer`]): one transaction, one fsync and a handful of multi-row statements per
+//! group instead of eight statements and an fsync per vote. Because that task is the only writer
+//! and checks each command in arrival order against state it holds, concurrent votes cannot
+//! overdraw a balance and two identical idempotent requests cannot both apply. Reads go to a
+//! separate pool and see only committed data, because the writer answers after COMMIT.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livevote_protocol::{Event, EventStatus};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{
+    CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
+    LedgerEntry, Store, StoreError, VoteCommand, VoteReceipt,
+};
+
+mod codec;
+mod writer;
+
+use codec::{event_from_row, from_nanos, parse_kind, status_name, to_nanos, EVENT_COLUMNS};
+use writer::{Command, Reply, Writer};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands that may wait for the writer; callers beyond it wait for room, which is the
+/// back-pressure a burst of votes should feel.
+const COMMAND_QUEUE: usize = 8192;
+/// Read connections of a file database. WAL lets them read while the writer writes.
+const FILE_READERS: u32 = 4;
+
+/// Counts every SQL statement the store executes, reads and writes alike.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueryCounter(Arc<AtomicU64>);
+
+impl QueryCounter {
+    pub(crate) fn add(&self, statements: u64) {
+        self.0.fetch_add(statements, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// livevote's state in one SQLite database. See the module documentation for its design.
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    writer: JoinHandle<()>,
+    readers: SqlitePool,
+    queries: QueryCounter,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SqliteStore")
+            .field("queries", &self.queries.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `url` and brings its schema up to date.
+    ///
+    /// Accepts `sqlite://PATH`, `sqlite:PATH` and `sqlite::memory:`. Each `sqlite::memory:`
+    /// store is its own database, shared by its writer and its readers.
+    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Database(format!(
+                "`{url}` is not a SQLite URL (expected sqlite://PATH, sqlite:PATH or sqlite::memory:)"
+            )));
+        }
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = SqliteConnectOptions::from_str(url)?
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        if !in_memory {
+            // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, so a vote that was
+            // answered could vanish in a power cut. Group commit pays one fsync per batch, which
+            // keeps FULL cheap.
+            options = options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+        }
+
+        let queries = QueryCounter::default();
+        // The writer's connection is opened first: for an in-memory database it is the one that
+        // keeps the database alive for the readers, which share it through SQLite's shared cache.
+        let mut connection = options
+            .clone()
+            .statement_cache_capacity(256)
+            .pragma("cache_size", "-32768")
+            .connect()
+            .await?;
+        MIGRATOR.run(&mut connection).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { FILE_READERS })
+            .min_connections(0)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await?;
+
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let writer = tokio::spawn(Writer::new(connection, queries.clone()).run(receiver));
+        Ok(SqliteStore {
+            commands,
+            writer,
+            readers,
+            queries,
+        })
+    }
+
+    /// Lets the writer finish what it was given, then closes every connection. Dropping the
+    /// store without this also stops the writer, but does not wait for it.
+    pub async fn close(self) {
+        let SqliteStore {
+            commands,
+            writer,
+            readers,
+            ..
+        } = self;
+        drop(commands);
+        if let Err(error) = writer.await {
+            tracing::error!(%error, "the storage writer task failed");
+        }
+        readers.close().await;
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    async fn read_events(
+        &self,
+        mut query: QueryBuilder<'_, Sqlite>,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.queries.add(1);
+        let rows = query.build().fetch_all(&self.readers).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Database("the storage writer has stopped".to_owned())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.queries.add(1);
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn ensure_user(&self, user_id: Uuid, initial_balance: i64) -> Result<i64, StoreError> {
+        // Every authenticated request lands here, so a known user is answered by a reader and
+        // never queues behind the writer's batches.
+        if let Some(balance) = self.balance(user_id).await? {
+            return Ok(balance);
+        }
+        self.ask(|reply| Command::EnsureUser {
+            user_id,
+            initial_balance,
+            reply,
+        })
+        .await
+    }
+
+    async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
+        self.queries.add(1);
+        let balance = sqlx::query_scalar("SELECT balance FROM balances WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(balance)
+    }
+
+    async fn create_event(
+        &self,
+        event: &Event,
+        closes_at: DateTime<Utc>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let event = Box::new(event.clone());
+        self.ask(|reply| Command::CreateEvent {
+            event,
+            closes_at,
+            reply,
+        })
+        .await
+    }
+
+    async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError> {
+        let mut query =
+            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = "));
+        query.push_bind(event_id);
+        Ok(self.read_events(query).await?.pop())
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, StoreError> {
+        let mut query =
+            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
+        if let Some(streamer_id) = filter.streamer_id {
+            query.push(" AND streamer_id = ").push_bind(streamer_id);
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status_name(status));
+        }
+        query.push(" ORDER BY closes_at DESC, created_at DESC");
+        self.read_events(query).await
+    }
+
+    async fn live_events(
+        &self,
+        closed_since: DateTime<Utc>,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE status = "
+        ));
+        query
+            .push_bind(status_name(EventStatus::Open))
+            .push(" OR closed_at >= ")
+            .push_bind(to_nanos(closed_since)?)
+            .push(" ORDER BY closes_at, created_at");
+        self.read_events(query).await
+    }
+
+    async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError> {
+        if command.votes == 0 {
+            return Err(precondition("a vote request casts at least one vote"));
+        }
+        if command.initial_balance < 0 {
+            return Err(precondition("the initial balance cannot be negative"));
+        }
+        self.ask(|reply| Command::CastVote { command, reply }).await
+    }
+
+    async fn close_event(
+        &self,
+        event_id: Uuid,
+        chosen_option: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, StoreError> {
+        self.ask(|reply| Command::CloseEvent {
+            event_id,
+            chosen_option,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
+        if command.amount < 1 {
+            return Err(precondition("a credit is at least 1"));
+        }
+        if command.initial_balance < 0 {
+            return Err(precondition("the initial balance cannot be negative"));
+        }
+        self.ask(|reply| Command::Credit { command, reply }).await
+    }
+
+    async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.queries.add(1);
+        let rows = sqlx::query(
+            "SELECT amount, kind, event_id, created_at FROM ledger WHERE user_id = ? ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LedgerEntry {
+                    user_id,
+                    amount: row.try_get("amount")?,
+                    kind: parse_kind(row.try_get::<&str, _>("kind")?)?,
+                    event_id: row.try_get("event_id")?,
+                    created_at: from_nanos(row.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    fn query_count(&self) -> u64 {
+        self.queries.get()
+    }
+}
+
+/// The caller broke a rule the trait leaves to it (the server validates requests first): a bug
+/// on the server's side, so it is reported like a database failure rather than as a client's
+/// mistake, and nothing is written.
+fn precondition(rule: &str) -> StoreError {
+    StoreError::Database(format!("invalid store call: {rule}"))
+}
