@@ -20,7 +20,9 @@ pub struct Claims {
 
 impl Claims {
     pub fn expires_at(&self) -> DateTime<Utc> {
-        Utc.timestamp_opt(self.exp, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+        Utc.timestamp_opt(self.exp, 0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Whether this token may subscribe to `channel` (contract §3 role table).
@@ -123,7 +125,13 @@ mod tests {
     use super::*;
 
     fn claims(role: Role, exp: i64) -> Claims {
-        Claims { sub: Uuid::from_u128(7), role, streamer_id: None, iat: 0, exp }
+        Claims {
+            sub: Uuid::from_u128(7),
+            role,
+            streamer_id: None,
+            iat: 0,
+            exp,
+        }
     }
 
     #[test]
@@ -143,17 +151,24 @@ mod tests {
         let auth = Authenticator::new("a-secret-that-is-long-enough-for-hs256");
         let payload = serde_json::to_vec(&claims(Role::Admin, i64::MAX / 2)).unwrap();
         use base64_like::encode;
-        let token = format!("{}.{}.", encode(br#"{"alg":"none","typ":"JWT"}"#), encode(&payload));
+        let token = format!(
+            "{}.{}.",
+            encode(br#"{"alg":"none","typ":"JWT"}"#),
+            encode(&payload)
+        );
         assert_eq!(auth.verify(&token, 1_000), Err(TokenError::Invalid));
     }
 
     /// Unpadded url-safe base64, enough to forge a token by hand in a test.
     mod base64_like {
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         pub fn encode(bytes: &[u8]) -> String {
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let value = chunk.iter().enumerate().fold(0u32, |acc, (i, byte)| acc | (u32::from(*byte) << (16 - 8 * i)));
+                let value = chunk.iter().enumerate().fold(0u32, |acc, (i, byte)| {
+                    acc | (u32::from(*byte) << (16 - 8 * i))
+                });
                 for i in 0..=chunk.len() {
                     out.push(ALPHABET[((value >> (18 - 6 * i)) & 63) as usize] as char);
                 }
@@ -168,7 +183,10 @@ mod tests {
         assert!(viewer.may_subscribe(&Channel::user(viewer.sub)));
         assert!(!viewer.may_subscribe(&Channel::user(Uuid::from_u128(8))));
         assert!(!viewer.may_close(Uuid::from_u128(1)));
-        let streamer = Claims { streamer_id: Some(Uuid::from_u128(1)), ..claims(Role::Streamer, 10) };
+        let streamer = Claims {
+            streamer_id: Some(Uuid::from_u128(1)),
+            ..claims(Role::Streamer, 10)
+        };
         assert!(streamer.may_close(Uuid::from_u128(1)));
         assert!(!streamer.may_close(Uuid::from_u128(2)));
         assert!(claims(Role::Admin, 10).may_subscribe(&Channel::user(Uuid::from_u128(8))));

@@ -21,12 +21,30 @@ pub enum NoticeTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum BrokerMessage {
-    EventCreated { event: Event },
-    TotalsChanged { event_id: Uuid, totals: Totals, seq: u64 },
+    EventCreated {
+        event: Event,
+    },
+    TotalsChanged {
+        event_id: Uuid,
+        totals: Totals,
+        seq: u64,
+    },
     /// `closed_at_ms` is unix milliseconds; `seq` the event's final seq.
-    EventClosed { event_id: Uuid, result: EventResult, seq: u64, closed_at_ms: i64 },
-    BalanceChanged { user_id: Uuid, balance: i64 },
-    Notice { target: NoticeTarget, code: String, message: String },
+    EventClosed {
+        event_id: Uuid,
+        result: EventResult,
+        seq: u64,
+        closed_at_ms: i64,
+    },
+    BalanceChanged {
+        user_id: Uuid,
+        balance: i64,
+    },
+    Notice {
+        target: NoticeTarget,
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +85,9 @@ impl Broker for MemoryBroker {
 
     async fn ping(&self) -> Result<(), BrokerError> {
         if self.sender.is_closed() {
-            return Err(BrokerError::Unreachable("the node's applier has stopped".into()));
+            return Err(BrokerError::Unreachable(
+                "the node's applier has stopped".into(),
+            ));
         }
         Ok(())
     }

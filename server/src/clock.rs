@@ -15,12 +15,16 @@ pub struct Clock {
 impl Clock {
     /// A clock that reads the system time now and advances with tokio's clock from here on.
     pub fn new() -> Self {
-        Clock { origin: Arc::new((Utc::now(), Instant::now())) }
+        Clock {
+            origin: Arc::new((Utc::now(), Instant::now())),
+        }
     }
 
     /// A clock that starts at `wall` (tests).
     pub fn starting_at(wall: DateTime<Utc>) -> Self {
-        Clock { origin: Arc::new((wall, Instant::now())) }
+        Clock {
+            origin: Arc::new((wall, Instant::now())),
+        }
     }
 
     pub fn now(&self) -> DateTime<Utc> {

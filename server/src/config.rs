@@ -15,7 +15,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// `sqlite://PATH` (embedded default) or `postgres://…`.
-    #[arg(long, env = "LIVEVOTE_DATABASE_URL", default_value = "sqlite://livevote.db")]
+    #[arg(
+        long,
+        env = "LIVEVOTE_DATABASE_URL",
+        default_value = "sqlite://livevote.db"
+    )]
     pub database_url: String,
 
     /// `memory` (single node) or `redis://…` (several nodes).
@@ -122,7 +126,9 @@ fn parse_origins(text: &str) -> Result<AllowedOrigins, String> {
     }
     for origin in &origins {
         if !(origin.starts_with("http://") || origin.starts_with("https://") || origin == "null") {
-            return Err(format!("origin `{origin}` must start with http:// or https://"));
+            return Err(format!(
+                "origin `{origin}` must start with http:// or https://"
+            ));
         }
     }
     Ok(AllowedOrigins::List(origins))
@@ -187,11 +193,19 @@ impl Config {
                 return Err(ConfigError::MissingApiKey);
             }
         }
-        if self.jwt_secret.as_ref().is_some_and(|secret| secret.len() < 32) && !self.dev {
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < 32)
+            && !self.dev
+        {
             return Err(ConfigError::WeakJwtSecret);
         }
         let database = self.database_url.as_str();
-        if !(database.starts_with("sqlite:") || database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        if !(database.starts_with("sqlite:")
+            || database.starts_with("postgres://")
+            || database.starts_with("postgresql://"))
+        {
             return Err(ConfigError::UnsupportedDatabase(self.database_url.clone()));
         }
         if !(self.broker_url == "memory" || self.broker_url.starts_with("redis://")) {
@@ -202,7 +216,8 @@ impl Config {
 
     /// A configuration for tests and embedding: dev mode, in-memory SQLite, port 0.
     pub fn for_tests() -> Self {
-        let mut config = Config::parse_from(["livevote-server", "--dev", "--listen", "127.0.0.1:0"]);
+        let mut config =
+            Config::parse_from(["livevote-server", "--dev", "--listen", "127.0.0.1:0"]);
         config.database_url = "sqlite::memory:".into();
         config.jwt_secret = Some("test-secret-test-secret-test-secret!".into());
         config.api_key = Some("test-api-key".into());
@@ -223,20 +238,32 @@ mod tests {
     #[test]
     fn update_interval_outside_bounds_is_refused() {
         for bad in ["100ms", "600ms", "1s"] {
-            let parsed = Config::try_parse_from(["livevote-server", "--dev", "--update-interval", bad]);
+            let parsed =
+                Config::try_parse_from(["livevote-server", "--dev", "--update-interval", bad]);
             assert!(parsed.is_err(), "{bad} accepted");
         }
-        let parsed = Config::try_parse_from(["livevote-server", "--update-interval", "500ms"]).unwrap();
+        let parsed =
+            Config::try_parse_from(["livevote-server", "--update-interval", "500ms"]).unwrap();
         assert_eq!(parsed.update_interval, Duration::from_millis(500));
     }
 
     #[test]
     fn production_needs_secrets_and_dev_needs_loopback() {
         let config = Config::try_parse_from(["livevote-server"]).unwrap();
-        assert!(matches!(config.finish(), Err(ConfigError::MissingJwtSecret)));
-        let config = Config::try_parse_from(["livevote-server", "--dev", "--listen", "0.0.0.0:80"]).unwrap();
-        assert!(matches!(config.finish(), Err(ConfigError::DevOnNonLoopback(_))));
-        let config = Config::try_parse_from(["livevote-server", "--demo"]).unwrap().finish().unwrap();
+        assert!(matches!(
+            config.finish(),
+            Err(ConfigError::MissingJwtSecret)
+        ));
+        let config =
+            Config::try_parse_from(["livevote-server", "--dev", "--listen", "0.0.0.0:80"]).unwrap();
+        assert!(matches!(
+            config.finish(),
+            Err(ConfigError::DevOnNonLoopback(_))
+        ));
+        let config = Config::try_parse_from(["livevote-server", "--demo"])
+            .unwrap()
+            .finish()
+            .unwrap();
         assert!(config.dev && config.jwt_secret.is_some());
     }
 

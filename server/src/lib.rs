@@ -1,6 +1,285 @@
-//! livevote-server as a library: build the state with [`state::AppState`], the router with
-//! [`app`], and serve a bound listener with [`run`]. `main.rs` is a thin wrapper.
+//! livevote-server as a library: [`start`] builds the shared state and its background tasks,
+//! [`app`] the router, [`bind`] a listener and [`run`] serves it until a shutdown signal.
+//! `main.rs` is a thin wrapper, and tests bind port 0.
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod realtime;
+pub mod state;
+pub mod timers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use livevote_storage::sqlite::SqliteStore;
+use livevote_storage::{EventRecord, Store, StoreError};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::broker::{BrokerMessage, MemoryBroker};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::AppError;
+use crate::limits::VoteLimiter;
+use crate::realtime::Realtime;
+use crate::state::{AppState, Shared};
+use crate::timers::EventTimers;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("{0} is not available in this build yet; use sqlite:// and memory")]
+    Unsupported(&'static str),
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects storage, loads what is live into memory, arms timers and starts the background
+/// tasks (broker applier, timers, realtime tickers). Everything stops when `state.shutdown`
+/// is cancelled.
+pub async fn start(config: Config) -> Result<AppState, StartError> {
+    let clock = Clock::new();
+    start_with_clock(config, clock).await
+}
+
+/// [`start`] with a given clock (tests that pause tokio's time).
+pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, StartError> {
+    let store: Arc<dyn Store> = if config.database_url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::connect(&config.database_url).await?)
+    } else {
+        return Err(StartError::Unsupported("postgres storage"));
+    };
+    if config.broker_url != "memory" {
+        return Err(StartError::Unsupported("the redis broker"));
+    }
+    let (broker, mut broker_receiver) = MemoryBroker::new();
+    let realtime = Realtime::new(&config, clock.clone());
+    let recent_closed =
+        chrono::Duration::from_std(config.recent_closed).unwrap_or(chrono::Duration::MAX);
+    let live = store.live_events(clock.now() - recent_closed).await?;
+    let (timers, timer_queue) = EventTimers::new();
+    for record in &live {
+        if record.status == livevote_protocol::EventStatus::Open {
+            timers.arm(record.event.id, record.closes_at);
+        }
+    }
+    realtime.load(live);
+    let shutdown = CancellationToken::new();
+    let secret = config.jwt_secret.clone().unwrap_or_default();
+    let state = AppState::new(Shared {
+        auth: Authenticator::new(&secret),
+        vote_limiter: VoteLimiter::new(config.vote_rate),
+        config,
+        clock,
+        store,
+        broker: Arc::new(broker),
+        realtime: realtime.clone(),
+        timers,
+        metrics: metrics_handle(),
+        shutdown: shutdown.clone(),
+    });
+
+    let applier_state = state.clone();
+    tokio::spawn(async move {
+        while let Some(message) = broker_receiver.recv().await {
+            applier_state.apply(&message);
+        }
+    });
+    tokio::spawn(timers::run_timers(
+        state.clone(),
+        timer_queue,
+        shutdown.clone(),
+    ));
+    realtime.spawn_background(shutdown.clone());
+    let housekeeping_state = state.clone();
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = housekeeping_state.shutdown.cancelled() => return,
+                _ = every_minute.tick() => housekeeping_state.vote_limiter.forget_idle_users(),
+            }
+        }
+    });
+    Ok(state)
+}
+
+impl AppState {
+    /// Applies a change received from the broker to this node: timers and sockets.
+    fn apply(&self, message: &BrokerMessage) {
+        if let BrokerMessage::EventCreated { event } = message {
+            match chrono::DateTime::parse_from_rfc3339(event.closes_at.as_str()) {
+                Ok(closes_at) => self
+                    .timers
+                    .arm(event.id, closes_at.with_timezone(&chrono::Utc)),
+                Err(error) => {
+                    tracing::error!(event_id = %event.id, %error, "event with an unreadable closesAt")
+                }
+            }
+        }
+        self.realtime.apply(message);
+    }
+
+    /// Publishes a change to every node (this one included).
+    pub async fn publish(&self, message: BrokerMessage) -> Result<(), AppError> {
+        self.broker
+            .publish(message)
+            .await
+            .map_err(|error| AppError::Unavailable(error.to_string()))
+    }
+
+    /// Makes a user known to the ledger once; later calls are answered from memory.
+    pub async fn ensure_user_known(&self, user_id: Uuid) -> Result<(), AppError> {
+        if self.realtime.is_user_known(user_id) {
+            return Ok(());
+        }
+        let balance = self
+            .store
+            .ensure_user(user_id, self.config.initial_balance)
+            .await?;
+        self.realtime.remember_balance(user_id, balance);
+        Ok(())
+    }
+
+    /// Closes an event (timer or request) and publishes EVENT_CLOSED if this call closed it.
+    pub async fn close_event(
+        &self,
+        event_id: Uuid,
+        chosen_option: Option<String>,
+    ) -> Result<EventRecord, AppError> {
+        let outcome = self
+            .store
+            .close_event(event_id, chosen_option, self.clock.now())
+            .await?;
+        if outcome.newly_closed {
+            let record = &outcome.record;
+            let result = record
+                .result
+                .clone()
+                .ok_or_else(|| AppError::Internal("closed without a result".into()))?;
+            let closed_at = record.closed_at.unwrap_or_else(|| self.clock.now());
+            let late = (closed_at - record.closes_at).num_milliseconds();
+            metrics::counter!("livevote_events_closed_total").increment(1);
+            metrics::histogram!("livevote_close_delay_ms").record(late.max(0) as f64);
+            self.publish(BrokerMessage::EventClosed {
+                event_id,
+                result,
+                seq: record.seq,
+                closed_at_ms: closed_at.timestamp_millis(),
+            })
+            .await?;
+        }
+        Ok(outcome.record)
+    }
+}
+
+/// The Prometheus recorder is process-wide; every server in this process shares it.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program); then ours stays
+            // local and /metrics shows only what is recorded through it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The whole application: API, socket endpoint, and (with --demo) the demo's pages.
+pub fn app(state: AppState) -> Router {
+    http::routes(&state).with_state(state)
+}
+
+/// Binds with a deep accept backlog: tokio's default of 128 makes a burst of connects wait out
+/// a one-second SYN retransmit.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(address)?;
+    socket.listen(8192)
+}
+
+/// Serves until `shutdown` resolves, then: stops accepting, tells every socket
+/// SERVER_RESTARTING and closes it with 1012, finishes in-flight requests and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let router = app(state.clone());
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let graceful_state = state.clone();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        graceful_state.shutdown.cancel();
+        graceful_state.realtime.close_all_for_restart().await;
+    })
+    .await
+}
+
+/// [`run`] over TLS when `--tls-cert` and `--tls-key` are set, plain otherwise.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match (state.config.tls_cert.clone(), state.config.tls_key.clone()) {
+        (Some(certificate), Some(key)) => {
+            run_tls(listener, state, &certificate, &key, shutdown).await
+        }
+        _ => run(listener, state, shutdown).await,
+    }
+}
+
+/// Serves https/wss with rustls; same shutdown sequence as [`run`].
+pub async fn run_tls(
+    listener: TcpListener,
+    state: AppState,
+    certificate: &std::path::Path,
+    key: &std::path::Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key).await?;
+    let handle = axum_server::Handle::new();
+    let graceful_handle = handle.clone();
+    let graceful_state = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        graceful_state.shutdown.cancel();
+        graceful_state.realtime.close_all_for_restart().await;
+        graceful_handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    let router = app(state);
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)
+        .handle(handle)
+        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}

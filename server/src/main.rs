@@ -1,2 +1,94 @@
-//! livevote-server binary (being built).
-fn main() {}
+//! The `livevote-server` binary: parse the configuration, start, serve until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use livevote_server::config::Config;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            // clap prints help/version to stdout with exit 0, real errors with exit 2.
+            error.exit();
+        }
+    };
+    let config = match config.finish() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("livevote-server: invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("livevote-server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("livevote-server: {error:#}");
+            match error.downcast_ref::<livevote_server::StartError>() {
+                Some(livevote_server::StartError::Unsupported(_)) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = livevote_server::bind(config.listen)
+        .with_context(|| format!("cannot bind {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let tls = config.tls_cert.is_some();
+    let state = livevote_server::start(config).await?;
+    let scheme = if tls { "https" } else { "http" };
+    println!("listening on {scheme}://{address}");
+    if state.config.dev {
+        tracing::warn!("development mode: generated secrets, /api/auth needs no API key");
+    }
+    livevote_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LIVEVOTE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

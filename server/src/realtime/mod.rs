@@ -33,6 +33,14 @@ impl Realtime {
     /// Sends every socket SERVER_RESTARTING with a spread retryAfterMs and closes it with 1012.
     pub async fn close_all_for_restart(&self) {}
 
+    /// Whether the ledger already knows this user (so a request need not ask the store).
+    pub fn is_user_known(&self, _user_id: uuid::Uuid) -> bool {
+        false
+    }
+
+    /// Records a user's balance as the store reported it (known users, `user:` snapshots).
+    pub fn remember_balance(&self, _user_id: uuid::Uuid, _balance: i64) {}
+
     pub fn connection_count(&self) -> usize {
         0
     }

@@ -1,0 +1,324 @@
+//! `/api/events`: create, read, list, vote, close.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use livevote_protocol::{
+    CloseRequest, CloseResponse, Event, EventEnvelope, EventList, EventOption, EventStatus,
+    EventView, VoteResponse,
+};
+use livevote_storage::{CreateOutcome, EventFilter, EventRecord, IdempotencyKey, VoteCommand};
+use serde::Deserialize;
+use serde_json::Number;
+use uuid::Uuid;
+
+use super::extract::{
+    request_fingerprint, Authenticated, IdempotencyKeyHeader, JsonBody, OptionalJsonBody,
+};
+use crate::broker::BrokerMessage;
+use crate::clock::format_timestamp;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// `POST /api/events` body before validation: JSON types are checked by serde (400), rules by
+/// [`EventInput::validate`] (422).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventInput {
+    #[serde(default)]
+    id: Option<String>,
+    streamer_id: String,
+    #[serde(default)]
+    game_id: Option<String>,
+    title: String,
+    options: Vec<OptionInput>,
+    closes_at: String,
+    cost_per_vote: Number,
+    #[serde(default)]
+    prompt_versions: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OptionInput {
+    id: String,
+    label: String,
+}
+
+const MAX_EVENT_DURATION: chrono::Duration = chrono::Duration::hours(24);
+
+impl EventInput {
+    pub fn validate(self, now: DateTime<Utc>) -> Result<(Event, DateTime<Utc>), AppError> {
+        let invalid = |message: &str| AppError::validation("VALIDATION_FAILED", message);
+        let id = match self.id {
+            Some(id) => parse_uuid(&id).ok_or_else(|| invalid("id must be a uuid"))?,
+            None => Uuid::new_v4(),
+        };
+        let streamer_id =
+            parse_uuid(&self.streamer_id).ok_or_else(|| invalid("streamerId must be a uuid"))?;
+        let game_id = match self.game_id {
+            Some(game) => {
+                Some(parse_uuid(&game).ok_or_else(|| invalid("gameId must be a uuid or null"))?)
+            }
+            None => None,
+        };
+        let title_length = self.title.chars().count();
+        if !(1..=200).contains(&title_length) || self.title.trim().is_empty() {
+            return Err(invalid("title must be 1–200 characters"));
+        }
+        if !(2..=10).contains(&self.options.len()) {
+            return Err(invalid("an event needs 2–10 options"));
+        }
+        let mut seen = HashSet::new();
+        for option in &self.options {
+            if option.id.is_empty() || option.id.chars().count() > 64 {
+                return Err(invalid("option ids must be 1–64 characters"));
+            }
+            if !seen.insert(option.id.as_str()) {
+                return Err(invalid("option ids must be unique"));
+            }
+            let label_length = option.label.chars().count();
+            if !(1..=100).contains(&label_length) {
+                return Err(invalid("option labels must be 1–100 characters"));
+            }
+        }
+        let closes_at = DateTime::parse_from_rfc3339(&self.closes_at)
+            .map_err(|_| invalid("closesAt must be an ISO-8601 date-time with a time zone"))?
+            .with_timezone(&Utc);
+        // The wire carries milliseconds; keep the stored instant equal to what clients see.
+        let closes_at =
+            chrono::DurationRound::duration_trunc(closes_at, chrono::Duration::milliseconds(1))
+                .map_err(|_| invalid("closesAt is out of range"))?;
+        if closes_at <= now {
+            return Err(invalid("closesAt must be in the future"));
+        }
+        if closes_at > now + MAX_EVENT_DURATION {
+            return Err(invalid("closesAt must be at most 24 h ahead"));
+        }
+        let cost_per_vote = self
+            .cost_per_vote
+            .as_u64()
+            .filter(|cost| (1..=1_000_000).contains(cost))
+            .ok_or_else(|| invalid("costPerVote must be an integer 1–1,000,000"))?;
+        let event = Event {
+            id,
+            streamer_id,
+            game_id,
+            title: self.title,
+            options: self
+                .options
+                .into_iter()
+                .map(|option| EventOption {
+                    id: option.id,
+                    label: option.label,
+                })
+                .collect(),
+            closes_at: format_timestamp(closes_at),
+            cost_per_vote,
+            prompt_versions: self.prompt_versions,
+        };
+        Ok((event, closes_at))
+    }
+}
+
+fn parse_uuid(text: &str) -> Option<Uuid> {
+    Uuid::try_parse(text).ok()
+}
+
+pub fn view(record: EventRecord) -> EventView {
+    EventView {
+        event: record.event,
+        status: record.status,
+        totals: record.totals,
+        result: record.result,
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    body: JsonBody<EventInput>,
+) -> Result<Response, AppError> {
+    if !claims.may_create_events() {
+        return Err(AppError::Forbidden(
+            "only workers and admins create events".into(),
+        ));
+    }
+    let (event, closes_at) = body.value.validate(state.clock.now())?;
+    match state.store.create_event(&event, closes_at).await? {
+        CreateOutcome::Created(record) => {
+            state
+                .publish(BrokerMessage::EventCreated {
+                    event: record.event.clone(),
+                })
+                .await?;
+            metrics::counter!("livevote_events_created_total").increment(1);
+            Ok((
+                StatusCode::CREATED,
+                Json(EventEnvelope {
+                    event: record.event,
+                }),
+            )
+                .into_response())
+        }
+        CreateOutcome::AlreadyExists(record) => Ok((
+            StatusCode::OK,
+            Json(EventEnvelope {
+                event: record.event,
+            }),
+        )
+            .into_response()),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(_claims): Authenticated,
+    Path(event_id): Path<String>,
+) -> Result<Json<EventView>, AppError> {
+    let event_id =
+        parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    let record = state
+        .store
+        .get_event(event_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    Ok(Json(view(record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    #[serde(default)]
+    streamer_id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(_claims): Authenticated,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<EventList>, AppError> {
+    let Query(query) = query.map_err(|rejection| AppError::bad_request(rejection.body_text()))?;
+    let streamer_id = match query.streamer_id.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(
+            parse_uuid(text).ok_or_else(|| AppError::bad_request("streamerId must be a uuid"))?,
+        ),
+    };
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some("open") => Some(EventStatus::Open),
+        Some("closed") => Some(EventStatus::Closed),
+        Some(_) => return Err(AppError::bad_request("status must be open or closed")),
+    };
+    let records = state
+        .store
+        .list_events(&EventFilter {
+            streamer_id,
+            status,
+        })
+        .await?;
+    Ok(Json(EventList {
+        events: records.into_iter().map(view).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoteInput {
+    option_id: String,
+    #[serde(default)]
+    votes: Option<Number>,
+}
+
+pub async fn vote(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(event_id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
+    body: JsonBody<VoteInput>,
+) -> Result<Json<VoteResponse>, AppError> {
+    if !claims.may_vote() {
+        return Err(AppError::Forbidden("workers do not vote".into()));
+    }
+    state.vote_limiter.check(claims.sub)?;
+    let event_id =
+        parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    let votes = match &body.value.votes {
+        None => 1,
+        Some(number) => number
+            .as_u64()
+            .filter(|votes| (1..=1000).contains(votes))
+            .ok_or_else(|| {
+                AppError::validation("INVALID_VOTES", "votes must be an integer 1–1000")
+            })? as u32,
+    };
+    let idempotency = idempotency_key.map(|key| IdempotencyKey {
+        fingerprint: request_fingerprint(uri.path(), &body.raw),
+        key,
+    });
+    let receipt = state
+        .store
+        .cast_vote(VoteCommand {
+            user_id: claims.sub,
+            event_id,
+            option_id: body.value.option_id,
+            votes,
+            idempotency,
+            now: state.clock.now(),
+            initial_balance: state.config.initial_balance,
+        })
+        .await?;
+    if !receipt.replayed {
+        metrics::counter!("livevote_votes_total").increment(u64::from(votes));
+        state
+            .publish(BrokerMessage::TotalsChanged {
+                event_id,
+                totals: receipt.totals.clone(),
+                seq: receipt.seq,
+            })
+            .await?;
+        state
+            .publish(BrokerMessage::BalanceChanged {
+                user_id: claims.sub,
+                balance: receipt.balance,
+            })
+            .await?;
+    }
+    Ok(Json(VoteResponse {
+        balance: receipt.balance,
+        totals: receipt.totals,
+    }))
+}
+
+pub async fn close(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    Path(event_id): Path<String>,
+    OptionalJsonBody(body): OptionalJsonBody<CloseRequest>,
+) -> Result<Json<CloseResponse>, AppError> {
+    let event_id =
+        parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    let record = state
+        .store
+        .get_event(event_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    if !claims.may_close(record.event.streamer_id) {
+        return Err(AppError::Forbidden(
+            "this token may not close this event".into(),
+        ));
+    }
+    let chosen = body.and_then(|body| body.option_id);
+    let record = state.close_event(event_id, chosen).await?;
+    let result = record
+        .result
+        .ok_or_else(|| AppError::Internal("a closed event has no result".into()))?;
+    Ok(Json(CloseResponse { event_id, result }))
+}
