@@ -1,0 +1,541 @@
+//! One connection's outbox: a bounded must-deliver queue, latest-value slots for EVENT_UPDATED
+//! (one per event) and BALANCE_UPDATED (one per user), and the per-event phase that makes a
+//! connection reached through two channels see each message once, in order.
+//!
+//! Ordering rule the writer relies on: [`Connection::drain`] takes the queue first and the
+//! slots after it. A slot only ever holds an update strictly newer than anything queued for
+//! the same event or user (queueing a newer one empties the slot), and EVENT_CLOSED empties
+//! the slot, so draining in that order never sends an older total after a newer one and never
+//! an EVENT_UPDATED after EVENT_CLOSED.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use livevote_protocol::{Channel, ChannelKind};
+use parking_lot::Mutex;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::frames::pack_frames;
+use crate::message::{MessageKind, SharedMessage};
+use crate::HubCore;
+
+/// A connection's number, unique for the life of a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Which channels carry an event: its streamer's and, when it has one, its game's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventRoute {
+    pub event_id: Uuid,
+    pub streamer_id: Uuid,
+    pub game_id: Option<Uuid>,
+}
+
+impl EventRoute {
+    pub fn channels(&self) -> impl Iterator<Item = Channel> {
+        std::iter::once(Channel::streamer(self.streamer_id)).chain(self.game_id.map(Channel::game))
+    }
+
+    /// Whether a connection holding `channels` still receives this event.
+    fn reachable_through(&self, channels: &[Channel]) -> bool {
+        channels.iter().any(|channel| match channel.kind {
+            ChannelKind::Streamer => channel.id == self.streamer_id,
+            ChannelKind::Game => Some(channel.id) == self.game_id,
+            ChannelKind::User => false,
+        })
+    }
+}
+
+/// Why and how a connection is to be closed; the socket task carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// WebSocket close code (see `livevote_protocol::close_codes`).
+    pub code: u16,
+    /// Short human text for the close frame.
+    pub reason: &'static str,
+    /// Send what is already pending (e.g. a SERVER_RESTARTING notice) before the close frame.
+    pub deliver_pending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    Open,
+    Requested(CloseRequest),
+    /// The socket task has taken the request; nothing new is accepted.
+    Taken,
+}
+
+/// What the connection knows about one event it has been told about.
+#[derive(Debug)]
+struct EventPhase {
+    route: EventRoute,
+    /// Highest seq accepted (queued or slotted); `None` before the first EVENT_UPDATED.
+    last_seq: Option<u64>,
+    closed: bool,
+    pending_update: Option<SharedMessage>,
+}
+
+/// What the connection knows about one user's balance.
+#[derive(Debug)]
+struct BalancePhase {
+    user_id: Uuid,
+    last_version: Option<u64>,
+    pending: Option<SharedMessage>,
+}
+
+#[derive(Debug)]
+pub(crate) struct OutboxState {
+    channels: Vec<Channel>,
+    queue: VecDeque<SharedMessage>,
+    queued_bytes: usize,
+    /// Sorted by event id so lookups stay cheap for connections holding many events.
+    events: Vec<EventPhase>,
+    balances: Vec<BalancePhase>,
+    slots_pending: bool,
+    close: CloseState,
+    /// Set when something became pending since the last drain; at most one wake-up per drain.
+    wake_scheduled: bool,
+}
+
+/// One connection as the hub sees it: its outbox, its channels and its heartbeat state.
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnectionId,
+    core: Arc<HubCore>,
+    state: Mutex<OutboxState>,
+    wake: Notify,
+    /// The ping round in force when the connection registered; rounds up to it never reached it.
+    registered_ping_round: u64,
+    /// The latest ping round in force when the client last answered `{"action":"pong"}`.
+    answered_ping_round: AtomicU64,
+}
+
+/// Whether an offer made something pending that the writer has not been woken for yet.
+pub(crate) type NeedsWake = bool;
+
+impl Connection {
+    pub(crate) fn new(id: ConnectionId, core: Arc<HubCore>, registered_ping_round: u64) -> Self {
+        Connection {
+            id,
+            core,
+            state: Mutex::new(OutboxState {
+                channels: Vec::new(),
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                events: Vec::new(),
+                balances: Vec::new(),
+                slots_pending: false,
+                close: CloseState::Open,
+                wake_scheduled: false,
+            }),
+            wake: Notify::new(),
+            registered_ping_round,
+            answered_ping_round: AtomicU64::new(registered_ping_round),
+        }
+    }
+
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Completes when something was added to the outbox (or a close was requested) since the
+    /// last wake-up. A wake-up that happened before this is called is not lost.
+    pub fn notified(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, OutboxState> {
+        self.state.lock()
+    }
+
+    /// Queues a must-deliver message for this connection alone (command replies, notices).
+    pub fn send(&self, message: &SharedMessage) {
+        let needs_wake = self.state.lock().push_queue(&self.core, message);
+        if needs_wake {
+            self.wake();
+        }
+    }
+
+    /// Asks the socket task to close. A later request does not replace an earlier one.
+    /// Without `deliver_pending`, everything pending is dropped at once.
+    pub fn request_close(&self, request: CloseRequest) {
+        let changed = self.state.lock().set_close(request);
+        if changed {
+            self.wake();
+        }
+    }
+
+    /// Queues `message` (even past the size bound) and then asks for the close: used for the
+    /// restart notice, which must precede the close frame.
+    pub fn send_then_close(&self, message: &SharedMessage, request: CloseRequest) {
+        let changed = {
+            let mut state = self.state.lock();
+            if state.close != CloseState::Open {
+                false
+            } else {
+                state.queued_bytes += message.len();
+                state.queue.push_back(message.clone());
+                state.set_close(request)
+            }
+        };
+        if changed {
+            self.wake();
+        }
+    }
+
+    /// The pending close request, handed out once.
+    pub fn take_close_request(&self) -> Option<CloseRequest> {
+        let mut state = self.state.lock();
+        match state.close {
+            CloseState::Requested(request) => {
+                state.close = CloseState::Taken;
+                Some(request)
+            }
+            CloseState::Open | CloseState::Taken => None,
+        }
+    }
+
+    /// Moves everything pending into `frames` (queue first, then the latest-value slots), as
+    /// few frames as the size cap allows. Returns how many messages left the outbox.
+    pub fn drain(&self, frames: &mut Vec<Bytes>) -> usize {
+        let messages = {
+            let mut state = self.state.lock();
+            state.wake_scheduled = false;
+            state.queued_bytes = 0;
+            // Taking the queue also frees its buffer, so an idle connection holds none.
+            let mut messages = Vec::from(std::mem::take(&mut state.queue));
+            if state.slots_pending {
+                state.slots_pending = false;
+                for event in &mut state.events {
+                    messages.extend(event.pending_update.take());
+                }
+                for balance in &mut state.balances {
+                    messages.extend(balance.pending.take());
+                }
+            }
+            messages
+        };
+        if messages.is_empty() {
+            return 0;
+        }
+        let mut sent_by_kind = [0u64; MessageKind::ALL.len()];
+        for message in &messages {
+            sent_by_kind[message.kind().index()] += 1;
+        }
+        self.core.stats.add_sent(&sent_by_kind);
+        pack_frames(&messages, self.core.config.max_frame_bytes, frames);
+        messages.len()
+    }
+
+    /// Records the client's `{"action":"pong"}`.
+    pub fn record_pong(&self) {
+        let round = self.core.ping_round.load(Ordering::SeqCst);
+        self.answered_ping_round.store(round, Ordering::SeqCst);
+    }
+
+    /// True when ping `round` reached this connection and no pong came after it.
+    pub(crate) fn missed_ping(&self, round: u64) -> bool {
+        self.registered_ping_round < round
+            && self.answered_ping_round.load(Ordering::SeqCst) < round
+    }
+
+    /// The channels this connection holds, in the order it subscribed.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.state.lock().channels.clone()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.state.lock().channels.len()
+    }
+
+    pub fn is_subscribed(&self, channel: &Channel) -> bool {
+        self.state.lock().channels.contains(channel)
+    }
+
+    /// Bytes waiting in the must-deliver queue (tests and diagnostics).
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().queued_bytes
+    }
+}
+
+impl OutboxState {
+    pub(crate) fn is_open(&self) -> bool {
+        self.close == CloseState::Open
+    }
+
+    pub(crate) fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    pub(crate) fn add_channel(&mut self, channel: Channel) {
+        self.channels.push(channel);
+    }
+
+    /// Removes `channel` and forgets what only it carried, so that subscribing again sends a
+    /// full snapshot. Returns false if the connection did not hold it.
+    pub(crate) fn remove_channel(&mut self, channel: &Channel) -> bool {
+        let Some(position) = self.channels.iter().position(|held| held == channel) else {
+            return false;
+        };
+        self.channels.remove(position);
+        match channel.kind {
+            ChannelKind::Streamer | ChannelKind::Game => {
+                let channels = &self.channels;
+                self.events
+                    .retain(|event| event.route.reachable_through(channels));
+            }
+            ChannelKind::User => self
+                .balances
+                .retain(|balance| balance.user_id != channel.id),
+        }
+        true
+    }
+
+    pub(crate) fn take_channels(&mut self) -> Vec<Channel> {
+        std::mem::take(&mut self.channels)
+    }
+
+    /// Marks the outbox closed for good and frees what it holds.
+    pub(crate) fn shut(&mut self) {
+        self.close = CloseState::Taken;
+        self.queue = VecDeque::new();
+        self.queued_bytes = 0;
+        self.events = Vec::new();
+        self.balances = Vec::new();
+        self.slots_pending = false;
+    }
+
+    fn schedule_wake(&mut self) -> NeedsWake {
+        !std::mem::replace(&mut self.wake_scheduled, true)
+    }
+
+    fn set_close(&mut self, request: CloseRequest) -> bool {
+        if self.close != CloseState::Open {
+            return false;
+        }
+        self.close = CloseState::Requested(request);
+        if !request.deliver_pending {
+            self.queue = VecDeque::new();
+            self.queued_bytes = 0;
+            for event in &mut self.events {
+                event.pending_update = None;
+            }
+            for balance in &mut self.balances {
+                balance.pending = None;
+            }
+            self.slots_pending = false;
+        }
+        true
+    }
+
+    /// Appends a must-deliver message; past the byte bound the connection is closed 4009.
+    pub(crate) fn push_queue(&mut self, core: &HubCore, message: &SharedMessage) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        self.queued_bytes += message.len();
+        if self.queued_bytes > core.config.max_pending_bytes {
+            core.stats.queue_overflows.fetch_add(1, Ordering::Relaxed);
+            self.set_close(CloseRequest {
+                code: livevote_protocol::close_codes::TOO_SLOW,
+                reason: "outbound queue over its limit",
+                deliver_pending: false,
+            });
+            // Wake the writer even if a wake-up is already scheduled: it must see the close.
+            self.wake_scheduled = true;
+            return true;
+        }
+        self.queue.push_back(message.clone());
+        self.schedule_wake()
+    }
+
+    fn event_position(&self, event_id: Uuid) -> Result<usize, usize> {
+        self.events
+            .binary_search_by_key(&event_id, |event| event.route.event_id)
+    }
+
+    /// EVENT_CREATED, once per event whichever channel brings it.
+    pub(crate) fn offer_event_created(
+        &mut self,
+        core: &HubCore,
+        route: EventRoute,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        match self.event_position(route.event_id) {
+            Ok(_) => false,
+            Err(position) => {
+                self.events.insert(
+                    position,
+                    EventPhase {
+                        route,
+                        last_seq: None,
+                        closed: false,
+                        pending_update: None,
+                    },
+                );
+                self.push_queue(core, message)
+            }
+        }
+    }
+
+    /// EVENT_UPDATED into the event's latest-value slot (live updates).
+    pub(crate) fn offer_event_update(
+        &mut self,
+        core: &HubCore,
+        event_id: Uuid,
+        seq: u64,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        let Ok(position) = self.event_position(event_id) else {
+            return false;
+        };
+        let event = &mut self.events[position];
+        if event.closed || event.last_seq.is_some_and(|last| seq <= last) {
+            return false;
+        }
+        event.last_seq = Some(seq);
+        if event.pending_update.replace(message.clone()).is_some() {
+            core.stats.add_dropped(MessageKind::EventUpdated);
+        }
+        self.slots_pending = true;
+        self.schedule_wake()
+    }
+
+    /// EVENT_UPDATED in order in the queue (snapshots: it must precede SUBSCRIBED).
+    pub(crate) fn queue_event_update(
+        &mut self,
+        core: &HubCore,
+        event_id: Uuid,
+        seq: u64,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        let Ok(position) = self.event_position(event_id) else {
+            return false;
+        };
+        let event = &mut self.events[position];
+        if event.closed || event.last_seq.is_some_and(|last| seq <= last) {
+            return false;
+        }
+        event.last_seq = Some(seq);
+        // Whatever waits in the slot is older than this and would follow it out: drop it.
+        if event.pending_update.take().is_some() {
+            core.stats.add_dropped(MessageKind::EventUpdated);
+        }
+        self.push_queue(core, message)
+    }
+
+    /// EVENT_CLOSED: queued, ends the event for this connection and drops its pending update.
+    pub(crate) fn offer_event_closed(
+        &mut self,
+        core: &HubCore,
+        event_id: Uuid,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        let Ok(position) = self.event_position(event_id) else {
+            // Never told about its creation: telling about its end would break the order.
+            return false;
+        };
+        let event = &mut self.events[position];
+        if event.closed {
+            return false;
+        }
+        event.closed = true;
+        if event.pending_update.take().is_some() {
+            core.stats.add_dropped(MessageKind::EventUpdated);
+        }
+        self.push_queue(core, message)
+    }
+
+    pub(crate) fn forget_event(&mut self, event_id: Uuid) {
+        if let Ok(position) = self.event_position(event_id) {
+            self.events.remove(position);
+        }
+        if self.events.is_empty() {
+            self.events = Vec::new();
+        }
+    }
+
+    fn balance_phase(&mut self, user_id: Uuid) -> &mut BalancePhase {
+        let position = match self
+            .balances
+            .iter()
+            .position(|balance| balance.user_id == user_id)
+        {
+            Some(position) => position,
+            None => {
+                self.balances.push(BalancePhase {
+                    user_id,
+                    last_version: None,
+                    pending: None,
+                });
+                self.balances.len() - 1
+            }
+        };
+        &mut self.balances[position]
+    }
+
+    /// BALANCE_UPDATED into the user's latest-value slot; `version` orders a user's balances.
+    pub(crate) fn offer_balance(
+        &mut self,
+        core: &HubCore,
+        user_id: Uuid,
+        version: u64,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        let balance = self.balance_phase(user_id);
+        if balance.last_version.is_some_and(|last| version <= last) {
+            return false;
+        }
+        balance.last_version = Some(version);
+        if balance.pending.replace(message.clone()).is_some() {
+            core.stats.add_dropped(MessageKind::BalanceUpdated);
+        }
+        self.slots_pending = true;
+        self.schedule_wake()
+    }
+
+    /// BALANCE_UPDATED in order in the queue (snapshots).
+    pub(crate) fn queue_balance(
+        &mut self,
+        core: &HubCore,
+        user_id: Uuid,
+        version: u64,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if !self.is_open() {
+            return false;
+        }
+        let balance = self.balance_phase(user_id);
+        if balance.last_version.is_some_and(|last| version <= last) {
+            return false;
+        }
+        balance.last_version = Some(version);
+        if balance.pending.take().is_some() {
+            core.stats.add_dropped(MessageKind::BalanceUpdated);
+        }
+        self.push_queue(core, message)
+    }
+}
