@@ -1,1 +1,17 @@
-//! placeholder
+//! livevote's browser client, compiled to wasm and published as the `livevote` npm package.
+//!
+//! The package's JavaScript wraps [`Client`]; everything that decides something lives here:
+//! the socket and its reconnect policy ([`policy`]), the merge of server messages into state
+//! ([`state`]), the server clock ([`clock`]). Those three are plain Rust, tested against the
+//! protocol's golden fixtures; the rest talks to JavaScript. JSON is parsed by the JavaScript
+//! engine (`JSON.parse`, then serde-wasm-bindgen), so the wasm carries no JSON parser.
+
+mod client;
+pub mod clock;
+mod http;
+mod js;
+pub mod policy;
+pub mod state;
+mod view;
+
+pub use client::Client;
