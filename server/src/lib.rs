@@ -203,7 +203,13 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// The whole application: API, socket endpoint, and (with --demo) the demo's pages.
 pub fn app(state: AppState) -> Router {
-    http::routes(&state).with_state(state)
+    let demo = state.config.demo;
+    let router = http::routes(&state).with_state(state.clone());
+    if demo {
+        router.merge(demo::routes(&state.config))
+    } else {
+        router
+    }
 }
 
 /// Binds with a deep accept backlog: tokio's default of 128 makes a burst of connects wait out

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let config = match config.finish() {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("livevote-server: invalid configuration: {error}");
+            eprintln!("error: invalid configuration: {error}");
             return ExitCode::from(2);
         }
     };
@@ -28,14 +28,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("livevote-server: cannot start the runtime: {error}");
+            eprintln!("error: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("livevote-server: {error:#}");
+            eprintln!("error: {error:#}");
             match error.downcast_ref::<livevote_server::StartError>() {
                 Some(livevote_server::StartError::Unsupported(_)) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
@@ -44,16 +44,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = livevote_server::bind(config.listen)
         .with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;
+    // With port 0 the real port is known only now; everything that prints URLs reads it here.
+    config.listen = address;
     let tls = config.tls_cert.is_some();
     let state = livevote_server::start(config).await?;
     let scheme = if tls { "https" } else { "http" };
     println!("listening on {scheme}://{address}");
     if state.config.dev {
         tracing::warn!("development mode: generated secrets, /api/auth needs no API key");
+    }
+    if state.config.demo {
+        livevote_server::demo::start(state.clone(), livevote_server::app(state.clone()));
     }
     livevote_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -1,0 +1,171 @@
+//! The `livevote-server` binary as an operator runs it: configuration errors exit 2 with one
+//! line, port 0 prints the bound address, SIGTERM exits 0, and tokens never reach the logs.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_livevote-server");
+
+fn run_to_end(arguments: &[&str]) -> (i32, String) {
+    let output = Command::new(BINARY)
+        .args(arguments)
+        .env_remove("LIVEVOTE_JWT_SECRET")
+        .env_remove("LIVEVOTE_API_KEY")
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_configuration_is_one_line_and_exit_code_2() {
+    let cases: &[&[&str]] = &[
+        &["--dev", "--update-interval", "100ms"],
+        &["--dev", "--heartbeat-interval", "soon"],
+        &["--listen", "127.0.0.1:0"],
+        &["--dev", "--listen", "0.0.0.0:0"],
+        &[
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "mysql://localhost/x",
+        ],
+        &[
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker-url",
+            "kafka://x",
+        ],
+        &["--dev", "--allowed-origins", "ftp://nope"],
+        &["--dev", "--tls-cert", "only-a-cert.pem"],
+    ];
+    for arguments in cases {
+        let (code, stderr) = run_to_end(arguments);
+        assert_eq!(code, 2, "{arguments:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{arguments:?}: {stderr}");
+        let first_line = stderr
+            .lines()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or_default();
+        assert!(first_line.contains("error"), "{arguments:?}: {stderr}");
+    }
+}
+
+struct Running {
+    child: Child,
+    address: String,
+}
+
+fn start(extra: &[&str], environment: &[(&str, &str)]) -> Running {
+    let mut command = Command::new(BINARY);
+    command
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in environment {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no `listening on` line within 30 s"
+        );
+        let line = lines.next().expect("stdout open").expect("utf-8");
+        if let Some(address) = line.strip_prefix("listening on http://") {
+            break address.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, address }
+}
+
+fn terminate(running: &mut Running) -> i32 {
+    let status = Command::new("kill")
+        .args(["-TERM", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not exit within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn port_zero_prints_the_address_and_sigterm_exits_zero() {
+    let mut running = start(&[], &[]);
+    let health = reqwest::get(format!("http://{}/healthz", running.address))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(terminate(&mut running), 0);
+}
+
+#[tokio::test]
+async fn tokens_never_appear_in_logs() {
+    let mut running = start(&[], &[("LIVEVOTE_LOG", "trace")]);
+    let client = reqwest::Client::new();
+    let user = uuid::Uuid::new_v4();
+    let minted: serde_json::Value = client
+        .post(format!("http://{}/api/auth", running.address))
+        .json(&serde_json::json!({"apiKey": "", "userId": user, "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let answer = client
+        .get(format!("http://{}/api/balance", running.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let socket_url = format!("ws://{}/realtime?token={token}", running.address);
+    if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(socket_url).await {
+        let _ = socket.close(None).await;
+    }
+    assert_eq!(terminate(&mut running), 0);
+    let mut stderr = String::new();
+    running
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !stderr.is_empty(),
+        "trace logging produced nothing to check"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(
+        !stderr.contains(signature),
+        "a token reached the logs:\n{stderr}"
+    );
+}
