@@ -169,3 +169,89 @@ async fn tokens_never_appear_in_logs() {
         "a token reached the logs:\n{stderr}"
     );
 }
+
+/// Runs a tool, or explains why a test that needs it cannot run here.
+fn tool_available(name: &str) -> bool {
+    let found = Command::new(name).arg("--version").output().is_ok()
+        || Command::new(name).arg("version").output().is_ok();
+    if !found {
+        eprintln!("SKIPPED: `{name}` is not installed, so this TLS test cannot run here");
+    }
+    found
+}
+
+#[test]
+fn tls_serves_https_when_cert_and_key_are_given() {
+    if !tool_available("openssl") || !tool_available("curl") {
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let certificate = directory.path().join("cert.pem");
+    let key = directory.path().join("key.pem");
+    let generated = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+
+    let mut command = Command::new(BINARY);
+    command
+        .args([
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+        ])
+        .arg("--tls-cert")
+        .arg(&certificate)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let address = line
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let answer = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
+        .arg(&certificate)
+        .arg(format!("https://{address}/healthz"))
+        .output()
+        .unwrap();
+    let mut running = Running { child, address };
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&answer.stdout), "ok");
+    assert_eq!(terminate(&mut running), 0);
+}
