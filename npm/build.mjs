@@ -1,0 +1,67 @@
+// Bundles the package's JavaScript entries into npm/dist with Vite (called by `cargo xtask
+// npm` after wasm-bindgen and wasm-opt; not published). Each entry becomes one self-contained
+// file so that its size is the size a page pays.
+//
+// usage: node npm/build.mjs <folder with livevote_sdk.js and livevote_sdk_bg.wasm> <dist folder>
+import { readFile, writeFile, mkdir, rm, copyFile } from "node:fs/promises";
+import { resolve, join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "vite";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const [bindgenArgument, distArgument] = process.argv.slice(2);
+if (!bindgenArgument || !distArgument) {
+  console.error("usage: node npm/build.mjs <wasm-bindgen output folder> <dist folder>");
+  process.exit(2);
+}
+const bindgen = resolve(bindgenArgument);
+const dist = resolve(distArgument);
+
+const wasm = await readFile(join(bindgen, "livevote_sdk_bg.wasm"));
+const inline = join(bindgen, "inline.js");
+await writeFile(inline, `export default ${JSON.stringify(wasm.toString("base64"))};\n`);
+
+await rm(dist, { recursive: true, force: true });
+await mkdir(dist, { recursive: true });
+
+// One build per entry: `format` "es" for modules, "iife" for the classic script.
+const entries = [
+  { source: "index.js", file: "index.js", format: "es" },
+  { source: "node.js", file: "node.js", format: "es" },
+  { source: "url.js", file: "url.js", format: "es" },
+  { source: "global.js", file: "livevote.global.js", format: "iife" },
+];
+for (const entry of entries) {
+  await build({
+    configFile: false,
+    logLevel: "warn",
+    publicDir: false,
+    resolve: {
+      alias: {
+        "livevote:glue": join(bindgen, "livevote_sdk.js"),
+        "livevote:inline": inline,
+      },
+    },
+    build: {
+      outDir: dist,
+      emptyOutDir: false,
+      target: ["es2020", "chrome103", "node20"],
+      minify: true,
+      reportCompressedSize: false,
+      lib: {
+        entry: join(here, "src", entry.source),
+        formats: [entry.format],
+        name: "livevote",
+        fileName: () => entry.file,
+      },
+      rollupOptions: { external: ["ws"] },
+    },
+  });
+}
+
+// The ./url entry must reference the .wasm the way apps' bundlers recognise as an asset.
+const urlEntry = join(dist, "url.js");
+const urlCode = await readFile(urlEntry, "utf8");
+if (!urlCode.includes("__LIVEVOTE_WASM_URL__")) throw new Error("url.js lost its wasm URL placeholder");
+await writeFile(urlEntry, urlCode.replace("__LIVEVOTE_WASM_URL__", 'new URL("./livevote_sdk_bg.wasm",import.meta.url)'));
+await copyFile(join(bindgen, "livevote_sdk_bg.wasm"), join(dist, "livevote_sdk_bg.wasm"));

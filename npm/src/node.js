@@ -1,0 +1,21 @@
+// The entry Node resolves: the inlined wasm of the default entry, and the `ws` package as the
+// WebSocket when Node has none of its own (Node 20) and the options pass none.
+import initWasm, { Client } from "livevote:glue";
+import wasmBase64 from "livevote:inline";
+import { makeConnect, once, decodeBase64 } from "./core.js";
+
+export { LivevoteError } from "./core.js";
+
+const loadWasm = once(() => initWasm({ module_or_path: decodeBase64(wasmBase64) }).then(() => Client));
+
+async function loadWs() {
+  try {
+    const ws = await import("ws");
+    return ws.WebSocket || ws.default;
+  } catch (error) {
+    return undefined;
+  }
+}
+
+/** Connects to a livevote server; see the package README and `types/index.d.ts`. */
+export const connect = makeConnect(loadWasm, loadWs);
