@@ -50,6 +50,13 @@ impl Histogram {
         self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds every sample of `other` to this histogram.
+    pub fn absorb(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets
             .iter()

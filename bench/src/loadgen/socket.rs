@@ -76,8 +76,6 @@ pub struct WirePayload<'a> {
     pub event_id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub totals: Option<TotalsSum>,
-    #[serde(default)]
-    pub seq: Option<u64>,
     #[serde(borrow, default)]
     pub code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]

@@ -2,7 +2,7 @@
 //! from /proc, the load generator's own CPU from getrusage, file-descriptor limits, and the
 //! machine description that goes into the results.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
@@ -10,7 +10,6 @@ use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 /// One reading of a process: resident memory and CPU time consumed since it started.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessSample {
-    pub at: Instant,
     pub rss_kib: u64,
     pub user: Duration,
     pub system: Duration,
@@ -33,7 +32,6 @@ fn clock_ticks_per_second() -> u64 {
 
 /// Reads /proc/PID/status (VmRSS) and /proc/PID/stat (utime, stime, all threads included).
 pub fn sample_process(pid: u32) -> anyhow::Result<ProcessSample> {
-    let at = Instant::now();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let rss_kib = status
@@ -61,7 +59,6 @@ pub fn sample_process(pid: u32) -> anyhow::Result<ProcessSample> {
     let to_duration =
         |ticks: u64| Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / per_second));
     Ok(ProcessSample {
-        at,
         rss_kib,
         user: to_duration(ticks(11)?),
         system: to_duration(ticks(12)?),
