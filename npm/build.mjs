@@ -6,6 +6,7 @@
 import { readFile, writeFile, mkdir, rm, copyFile } from "node:fs/promises";
 import { resolve, join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { gzipSync, constants } from "node:zlib";
 import { build } from "vite";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -19,7 +20,9 @@ const dist = resolve(distArgument);
 
 const wasm = await readFile(join(bindgen, "livevote_sdk_bg.wasm"));
 const inline = join(bindgen, "inline.js");
-await writeFile(inline, `export default ${JSON.stringify(wasm.toString("base64"))};\n`);
+// gzip, then base64 (see inflateWasm in src/core.js for why).
+const gzipped = gzipSync(wasm, { level: constants.Z_BEST_COMPRESSION });
+await writeFile(inline, `export default ${JSON.stringify(gzipped.toString("base64"))};\n`);
 
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });

@@ -65,11 +65,11 @@ function wrap(core) {
       subscribe: (listener) => listen("store", listener),
       getSnapshot: () => core.snapshot(),
     }),
-    events: () => core.events(),
-    event: (id) => core.event(id),
-    balance: () => core.balance(),
-    status: () => core.status(),
-    channels: () => core.channels(),
+    events: () => core.snapshot().events,
+    event: (id) => core.snapshot().events.find((event) => event.id === id),
+    balance: () => core.snapshot().balance,
+    status: () => core.snapshot().status,
+    channels: () => core.snapshot().channels,
     subscribe: (channels) => core.subscribe(channelList(channels)),
     unsubscribe: (channels) => core.unsubscribe(channelList(channels)),
     vote: (eventId, optionId, votes, options) =>
@@ -130,10 +130,15 @@ export function once(init) {
   };
 }
 
-/** Decodes the inlined base64 wasm bytes (`atob` exists in browsers and in Node 16+). */
-export function decodeBase64(text) {
+/**
+ * Turns the inlined wasm back into bytes. It is inlined gzipped, then base64: gzip first so
+ * that the page downloads about what the bare .wasm would cost compressed (base64 of raw wasm
+ * compresses badly). `atob` and `DecompressionStream` exist in Chrome 80+ and Node 18+.
+ */
+export async function inflateWasm(text) {
   const binary = atob(text);
   const bytes = new Uint8Array(binary.length);
   for (let index = 0; index < binary.length; index++) bytes[index] = binary.charCodeAt(index);
-  return bytes;
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
 }

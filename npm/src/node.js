@@ -1,12 +1,15 @@
 // The entry Node resolves: the inlined wasm of the default entry, and the `ws` package as the
 // WebSocket when Node has none of its own (Node 20) and the options pass none.
 import initWasm, { Client } from "livevote:glue";
-import wasmBase64 from "livevote:inline";
-import { makeConnect, once, decodeBase64 } from "./core.js";
+import wasmGzipBase64 from "livevote:inline";
+import { makeConnect, once, inflateWasm } from "./core.js";
 
 export { LivevoteError } from "./core.js";
 
-const loadWasm = once(() => initWasm({ module_or_path: decodeBase64(wasmBase64) }).then(() => Client));
+const loadWasm = once(async () => {
+  await initWasm({ module_or_path: await inflateWasm(wasmGzipBase64) });
+  return Client;
+});
 
 async function loadWs() {
   try {

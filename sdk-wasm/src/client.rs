@@ -16,10 +16,7 @@ use std::rc::{Rc, Weak};
 
 use gloo_timers::callback::{Interval, Timeout};
 use js_sys::{Array, Function, Object, Promise, Reflect};
-use livevote_protocol::{
-    close_codes, notice_codes, Channel, ClientCommand, EventView, ServerMessage, VoteRequest,
-    VoteResponse,
-};
+use livevote_protocol::{close_codes, notice_codes, Channel, ServerMessage};
 use uuid::Uuid;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -27,10 +24,12 @@ use wasm_bindgen_futures::{future_to_promise, spawn_local, JsFuture};
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::clock::ClockOffset;
+use crate::decode;
 use crate::http;
 use crate::js::{self, get, set};
 use crate::policy::{self, CloseAction};
 use crate::state::{Change, EventState, Store};
+use crate::view;
 
 type Shared = Rc<RefCell<Inner>>;
 
@@ -239,11 +238,16 @@ struct Inner {
 /// Runs `work` on the state, then delivers what it changed. When the state is already borrowed
 /// (a re-entrant call from inside the client), the work runs in a microtask instead.
 fn enter(shared: &Shared, work: impl FnOnce(&mut Inner) + 'static) {
+    enter_boxed(shared, Box::new(work));
+}
+
+// One body for every kind of work, so that each caller does not get its own copy.
+fn enter_boxed(shared: &Shared, work: Box<dyn FnOnce(&mut Inner)>) {
     match shared.try_borrow_mut() {
         Ok(mut inner) => work(&mut inner),
         Err(_) => {
             let shared = shared.clone();
-            spawn_local(async move { enter(&shared, work) });
+            spawn_local(async move { enter_boxed(&shared, work) });
             return;
         }
     }
@@ -265,10 +269,24 @@ fn now() -> f64 {
     js_sys::Date::now()
 }
 
+/// The server's spelling of a channel name (lower-case hyphenated uuid), so that a name the page
+/// wrote differently still matches SUBSCRIBED; a malformed name stays as written (the server
+/// denies it by that name). Built without `Display`, which would link `core::fmt` machinery.
 fn canonical_channel(name: &str) -> String {
-    name.parse::<Channel>()
-        .map(|channel| channel.to_string())
-        .unwrap_or_else(|_| name.to_owned())
+    match name.parse::<Channel>() {
+        Ok(channel) => {
+            let mut canonical = String::from(channel.kind.prefix());
+            canonical.push(':');
+            canonical.push_str(
+                channel
+                    .id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+            );
+            canonical
+        }
+        Err(_) => name.to_owned(),
+    }
 }
 
 impl Inner {
@@ -295,9 +313,10 @@ impl Inner {
             .is_some_and(|socket| socket.generation == generation)
     }
 
-    fn send(&self, command: &ClientCommand) {
+    /// Sends `subscribe`/`unsubscribe` for `channels`, or `refresh` with `token`.
+    fn send_command(&self, action: &str, channels: &[String], token: Option<&str>) {
         if let Some(socket) = &self.socket {
-            socket.send(&js::to_json(command));
+            socket.send(&view::command(action, channels, token));
         }
     }
 
@@ -408,7 +427,7 @@ impl Inner {
             })
             .collect();
         if !names.is_empty() {
-            self.send(&ClientCommand::Subscribe { channels: names });
+            self.send_command("subscribe", &names, None);
         }
         self.outbox.snapshot = true;
         self.check_resync_done();
@@ -445,7 +464,7 @@ impl Inner {
 
     fn on_server_message(&mut self, item: JsValue) {
         // Unknown message types are additive extensions of the contract: ignored.
-        let Ok(message) = serde_wasm_bindgen::from_value::<ServerMessage>(item.clone()) else {
+        let Some(message) = decode::message(&item) else {
             return;
         };
         match &message {
@@ -757,7 +776,7 @@ impl Inner {
             Some(token) => {
                 self.token = Some(token.clone());
                 if self.socket.is_some() {
-                    self.send(&ClientCommand::Refresh { token });
+                    self.send_command("refresh", &[], Some(&token));
                 }
                 if std::mem::take(&mut self.connect_when_token_arrives) {
                     self.open_socket();
@@ -820,9 +839,7 @@ impl Inner {
             .as_ref()
             .ok()
             .filter(|answer| answer.ok())
-            .and_then(|answer| {
-                serde_wasm_bindgen::from_value::<EventView>(answer.body.clone()).ok()
-            });
+            .and_then(|answer| decode::event_view(&answer.body));
         let status = answer.as_ref().map(|answer| answer.status).unwrap_or(0);
         let entry = &mut self.unverified[position];
         entry.in_flight = false;
@@ -870,7 +887,7 @@ impl Inner {
             .as_ref()
             .is_some_and(|socket| socket.opened_at.is_some())
         {
-            self.send(&ClientCommand::Subscribe { channels: added });
+            self.send_command("subscribe", &added, None);
         }
     }
 
@@ -882,7 +899,7 @@ impl Inner {
             return;
         }
         self.outbox.snapshot = true;
-        self.send(&ClientCommand::Unsubscribe { channels: names });
+        self.send_command("unsubscribe", &names, None);
         let mut store = std::mem::take(&mut self.store);
         let removed = store.retain_carried(self.carried_by_channels());
         self.store = store;
@@ -901,7 +918,7 @@ impl Inner {
             return Some(object.clone());
         }
         let state = self.store.get(id)?;
-        let object = js::to_js(&crate::view::EventStateView::new(state));
+        let object = view::event_state(state);
         js::deep_freeze(&object);
         self.event_objects.push((id, object.clone()));
         Some(object)
@@ -1005,13 +1022,7 @@ impl Inner {
             }
         }
         for id in &outbox.removed {
-            push(
-                Topic::Remove,
-                &id.hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer())
-                    .to_owned()
-                    .into(),
-            );
+            push(Topic::Remove, &view::uuid_text(id));
         }
         if outbox.balance {
             push(Topic::Balance, &self.balance_value());
@@ -1194,32 +1205,6 @@ impl Client {
         self.inner.borrow_mut().snapshot()
     }
 
-    pub fn events(&self) -> JsValue {
-        get(&self.snapshot(), "events")
-    }
-
-    pub fn event(&self, id: &str) -> JsValue {
-        let Ok(id) = Uuid::try_parse(id) else {
-            return JsValue::UNDEFINED;
-        };
-        self.inner
-            .borrow_mut()
-            .event_object(id)
-            .unwrap_or(JsValue::UNDEFINED)
-    }
-
-    pub fn balance(&self) -> JsValue {
-        self.inner.borrow().balance_value()
-    }
-
-    pub fn status(&self) -> JsValue {
-        self.inner.borrow_mut().status_object()
-    }
-
-    pub fn channels(&self) -> JsValue {
-        self.inner.borrow().channels_object()
-    }
-
     pub fn subscribe(&self, channels: JsValue) {
         let names = js::strings(&channels);
         enter(&self.inner, move |inner| inner.subscribe(names));
@@ -1241,10 +1226,14 @@ impl Client {
     /// 0 once closed or past due, `NaN` for an unknown id.
     #[wasm_bindgen(js_name = remainingMs)]
     pub fn remaining_ms(&self, event: JsValue) -> f64 {
-        let event = if event.is_string() {
-            self.event(&event.as_string().unwrap_or_default())
-        } else {
-            event
+        let event = match event.as_string().map(|id| Uuid::try_parse(&id)) {
+            Some(Ok(id)) => self
+                .inner
+                .borrow_mut()
+                .event_object(id)
+                .unwrap_or(JsValue::UNDEFINED),
+            Some(Err(_)) => JsValue::UNDEFINED,
+            None => event,
         };
         if !event.is_object() {
             return f64::NAN;
@@ -1314,7 +1303,7 @@ async fn vote(
         (url, inner.token.clone(), inner.get_token.clone())
     };
     let key = idempotency_key.unwrap_or_else(random_key);
-    let body = js::to_json(&VoteRequest { option_id, votes });
+    let body = view::vote_body(&option_id, votes);
     let mut renewed = false;
     loop {
         if token.is_none() && !renewed {
@@ -1351,8 +1340,7 @@ async fn vote(
             let (code, message) = answer.error_code();
             return Err(inner.error(&code, &message, &[("status", answer.status.into())]));
         }
-        let Ok(response) = serde_wasm_bindgen::from_value::<VoteResponse>(answer.body.clone())
-        else {
+        let Some(response) = decode::vote_response(&answer.body) else {
             return Err(inner.error("BAD_RESPONSE", "the vote answer was not understood", &[]));
         };
         drop(inner);

@@ -2,7 +2,6 @@
 //! (so the wasm carries no JSON parser and no float formatting), frozen objects, typed errors.
 
 use js_sys::{Array, Function, Object, Reflect};
-use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
@@ -13,20 +12,6 @@ extern "C" {
 
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     pub fn console_error(message: &str, error: &JsValue);
-}
-
-/// Converts a Rust value into a plain JavaScript value: objects, not `Map`s; `null` for `None`.
-pub fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .unwrap_or(JsValue::NULL)
-}
-
-/// Serializes a value to JSON text (for commands and request bodies).
-pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
-    js_sys::JSON::stringify(&to_js(value))
-        .map(String::from)
-        .unwrap_or_default()
 }
 
 /// Freezes an object and everything inside it, so that a snapshot handed to the page can be

@@ -4,10 +4,12 @@
 //! the socket and its reconnect policy ([`policy`]), the merge of server messages into state
 //! ([`state`]), the server clock ([`clock`]). Those three are plain Rust, tested against the
 //! protocol's golden fixtures; the rest talks to JavaScript. JSON is parsed by the JavaScript
-//! engine (`JSON.parse`, then serde-wasm-bindgen), so the wasm carries no JSON parser.
+//! engine (`JSON.parse`) and read into the protocol's serde types by [`decode`], so the wasm
+//! carries no JSON parser and no number formatting.
 
 mod client;
 pub mod clock;
+pub mod decode;
 mod http;
 mod js;
 pub mod policy;

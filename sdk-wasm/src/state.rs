@@ -79,11 +79,12 @@ impl EventState {
 }
 
 fn zero_totals(event: &Event) -> Totals {
-    event
-        .options
-        .iter()
-        .map(|option| (option.id.clone(), 0))
-        .collect()
+    // Inserted one by one: collecting into a BTreeMap sorts first, which links a sort.
+    let mut totals = Totals::new();
+    for option in &event.options {
+        totals.insert(option.id.clone(), 0);
+    }
+    totals
 }
 
 /// What one message changed.

@@ -1,52 +1,117 @@
-//! The JavaScript shape of an event's state (`EventState` in the package's TypeScript
-//! declarations): the event's definition flattened with its live totals and result.
+//! Builds the JavaScript values the client hands out or sends: an event's state (`EventState`
+//! in the package's TypeScript declarations) and the socket commands. Built by hand rather than
+//! through serde so that the wasm links no serializer and no number formatting: JavaScript
+//! numbers are set as numbers, and `JSON.stringify` writes the text.
 
-use std::collections::BTreeMap;
-
-use livevote_protocol::{EventOption, EventResult, Totals};
-use serde::Serialize;
+use js_sys::{Array, Object};
+use livevote_protocol::{EventResult, Totals};
 use uuid::Uuid;
+use wasm_bindgen::JsValue;
 
+use crate::js::set;
 use crate::state::EventState;
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventStateView<'a> {
-    id: Uuid,
-    streamer_id: Uuid,
-    game_id: Option<Uuid>,
-    title: &'a str,
-    options: &'a [EventOption],
-    /// The current closing time (EVENT_UPDATED may have moved it).
-    closes_at: &'a str,
-    cost_per_vote: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt_versions: Option<&'a BTreeMap<String, String>>,
-    status: &'static str,
-    totals: &'a Totals,
-    /// 0 until the first EVENT_UPDATED.
-    seq: u64,
-    result: Option<&'a EventResult>,
-    stale: bool,
+pub fn uuid_text(id: &Uuid) -> JsValue {
+    JsValue::from_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
 }
 
-impl<'a> EventStateView<'a> {
-    pub fn new(state: &'a EventState) -> Self {
-        let event = &state.event;
-        EventStateView {
-            id: event.id,
-            streamer_id: event.streamer_id,
-            game_id: event.game_id,
-            title: &event.title,
-            options: &event.options,
-            closes_at: state.closes_at.as_str(),
-            cost_per_vote: event.cost_per_vote,
-            prompt_versions: event.prompt_versions.as_ref(),
-            status: if state.closed { "closed" } else { "open" },
-            totals: &state.totals,
-            seq: state.seq.unwrap_or(0),
-            result: state.result.as_ref(),
-            stale: state.stale,
-        }
+fn totals_object(totals: &Totals) -> JsValue {
+    let object = Object::new();
+    for (option, votes) in totals {
+        set(&object, option, &JsValue::from_f64(*votes as f64));
     }
+    object.into()
+}
+
+fn result_object(result: &EventResult) -> JsValue {
+    let object = Object::new();
+    set(&object, "optionId", &result.option_id.as_str().into());
+    set(&object, "totals", &totals_object(&result.totals));
+    object.into()
+}
+
+/// The flattened state of one event: its definition, then its live totals and outcome.
+pub fn event_state(state: &EventState) -> JsValue {
+    let event = &state.event;
+    let object = Object::new();
+    set(&object, "id", &uuid_text(&event.id));
+    set(&object, "streamerId", &uuid_text(&event.streamer_id));
+    set(
+        &object,
+        "gameId",
+        &event.game_id.as_ref().map_or(JsValue::NULL, uuid_text),
+    );
+    set(&object, "title", &event.title.as_str().into());
+    let options = Array::new();
+    for option in &event.options {
+        let item = Object::new();
+        set(&item, "id", &option.id.as_str().into());
+        set(&item, "label", &option.label.as_str().into());
+        options.push(&item);
+    }
+    set(&object, "options", &options);
+    // The current closing time: EVENT_UPDATED may have moved it.
+    set(&object, "closesAt", &state.closes_at.as_str().into());
+    set(
+        &object,
+        "costPerVote",
+        &JsValue::from_f64(event.cost_per_vote as f64),
+    );
+    if let Some(versions) = &event.prompt_versions {
+        let object_versions = Object::new();
+        for (key, value) in versions {
+            set(&object_versions, key, &value.as_str().into());
+        }
+        set(&object, "promptVersions", &object_versions);
+    }
+    set(
+        &object,
+        "status",
+        &(if state.closed { "closed" } else { "open" }).into(),
+    );
+    set(&object, "totals", &totals_object(&state.totals));
+    // 0 until the first EVENT_UPDATED was applied.
+    set(
+        &object,
+        "seq",
+        &JsValue::from_f64(state.seq.unwrap_or(0) as f64),
+    );
+    set(
+        &object,
+        "result",
+        &state.result.as_ref().map_or(JsValue::NULL, result_object),
+    );
+    set(&object, "stale", &state.stale.into());
+    object.into()
+}
+
+/// A socket command as JSON text: `{"action": ..., "channels": [...]}` or `{"action":
+/// "refresh", "token": ...}` (the contract's client commands).
+pub fn command(action: &str, channels: &[String], token: Option<&str>) -> String {
+    let object = Object::new();
+    set(&object, "action", &action.into());
+    if let Some(token) = token {
+        set(&object, "token", &token.into());
+    } else {
+        let names = Array::new();
+        for name in channels {
+            names.push(&name.as_str().into());
+        }
+        set(&object, "channels", &names);
+    }
+    stringify(&object)
+}
+
+/// The body of `POST /api/events/{id}/votes`.
+pub fn vote_body(option_id: &str, votes: u32) -> String {
+    let object = Object::new();
+    set(&object, "optionId", &option_id.into());
+    set(&object, "votes", &votes.into());
+    stringify(&object)
+}
+
+fn stringify(value: &JsValue) -> String {
+    js_sys::JSON::stringify(value)
+        .map(String::from)
+        .unwrap_or_default()
 }

@@ -38,7 +38,16 @@ pub fn run(arguments: &[String]) -> Result<()> {
     run_command(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["build", "-p", "livevote-sdk", "--lib", "--profile", "wasm-release", "--target", "wasm32-unknown-unknown"]),
+            .args([
+                "build",
+                "-p",
+                "livevote-sdk",
+                "--lib",
+                "--profile",
+                "wasm-release",
+                "--target",
+                "wasm32-unknown-unknown",
+            ]),
     )?;
     let compiled = target_dir.join("wasm32-unknown-unknown/wasm-release/livevote_sdk.wasm");
 
@@ -46,25 +55,35 @@ pub fn run(arguments: &[String]) -> Result<()> {
     let version = output_of(Command::new("wasm-bindgen").arg("--version"))
         .context("the wasm-bindgen CLI is missing: cargo install wasm-bindgen-cli --version {pinned} --locked")?;
     if !version.split_whitespace().any(|word| word == pinned) {
-        bail!("wasm-bindgen CLI is `{}`, the workspace pins {pinned}", version.trim());
+        bail!(
+            "wasm-bindgen CLI is `{}`, the workspace pins {pinned}",
+            version.trim()
+        );
     }
     let bindgen = target_dir.join("npm-build");
     if bindgen.exists() {
-        std::fs::remove_dir_all(&bindgen).with_context(|| format!("removing {}", bindgen.display()))?;
+        std::fs::remove_dir_all(&bindgen)
+            .with_context(|| format!("removing {}", bindgen.display()))?;
     }
     println!("xtask npm: wasm-bindgen {pinned}");
-    run_command(Command::new("wasm-bindgen").arg(&compiled).arg("--out-dir").arg(&bindgen).args([
-        "--out-name",
-        "livevote_sdk",
-        "--target",
-        "web",
-        "--no-typescript",
-        // The entries say where the wasm comes from (inlined bytes, or a URL next to url.js).
-        "--omit-default-module-path",
-        // TextEncoder.encodeInto exists in every browser and Node the package supports.
-        "--encode-into",
-        "always",
-    ]))?;
+    run_command(
+        Command::new("wasm-bindgen")
+            .arg(&compiled)
+            .arg("--out-dir")
+            .arg(&bindgen)
+            .args([
+                "--out-name",
+                "livevote_sdk",
+                "--target",
+                "web",
+                "--no-typescript",
+                // The entries say where the wasm comes from (inlined bytes, or a URL next to url.js).
+                "--omit-default-module-path",
+                // TextEncoder.encodeInto exists in every browser and Node the package supports.
+                "--encode-into",
+                "always",
+            ]),
+    )?;
 
     let wasm = bindgen.join("livevote_sdk_bg.wasm");
     let unoptimised_bytes = file_size(&wasm)?;
@@ -74,13 +93,24 @@ pub fn run(arguments: &[String]) -> Result<()> {
             .arg(&wasm)
             .arg("-o")
             .arg(&wasm)
-            .args(["-Oz", "--strip-debug", "--strip-producers", "--strip-target-features"])
+            .args([
+                "-Oz",
+                "--strip-debug",
+                "--strip-producers",
+                "--strip-target-features",
+            ])
             .args(WASM_FEATURES),
     )?;
 
     println!("xtask npm: bundling the JavaScript entries");
     let dist = root.join("npm/dist");
-    run_command(Command::new("node").current_dir(&root).arg("npm/build.mjs").arg(&bindgen).arg(&dist))?;
+    run_command(
+        Command::new("node")
+            .current_dir(&root)
+            .arg("npm/build.mjs")
+            .arg(&bindgen)
+            .arg(&dist),
+    )?;
 
     let wasm_size = Size::of(&dist.join("livevote_sdk_bg.wasm"))?;
     let glue_size = Size::of(&dist.join("url.js"))?;
@@ -98,7 +128,11 @@ pub fn run(arguments: &[String]) -> Result<()> {
     );
     println!("  default entry (index.js, wasm inlined as base64)  {default_size}");
     println!("  classic script (livevote.global.js)               {global_size}");
-    let budget_note = if default_size.gzip <= BUDGET_GZIP_BYTES { "within" } else { "OVER" };
+    let budget_note = if default_size.gzip <= BUDGET_GZIP_BYTES {
+        "within"
+    } else {
+        "OVER"
+    };
     println!(
         "  default entry: {:.1} KiB gzipped, {budget_note} the {} KiB budget",
         default_size.gzip as f64 / 1024.0,
@@ -121,9 +155,22 @@ pub fn test_sdk() -> Result<()> {
     run_command(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root.join("sdk-wasm"))
-            .args(["test", "-p", "livevote-sdk", "--target", "wasm32-unknown-unknown", "--tests"])
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", "wasm-bindgen-test-runner")
-            .env("CHROMEDRIVER", std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into()))
+            .args([
+                "test",
+                "-p",
+                "livevote-sdk",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--tests",
+            ])
+            .env(
+                "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                "wasm-bindgen-test-runner",
+            )
+            .env(
+                "CHROMEDRIVER",
+                std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into()),
+            )
             .env("WASM_BINDGEN_TEST_TIMEOUT", "180")
             .env_remove("GECKODRIVER")
             .env_remove("SAFARIDRIVER"),
@@ -131,9 +178,15 @@ pub fn test_sdk() -> Result<()> {
     println!("xtask test-sdk: packaging and end-to-end tests");
     let mut files = Vec::new();
     for folder in ["tests/packaging", "tests/e2e"] {
-        for entry in std::fs::read_dir(root.join(folder)).with_context(|| format!("reading {folder}"))? {
+        for entry in
+            std::fs::read_dir(root.join(folder)).with_context(|| format!("reading {folder}"))?
+        {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            let wanted = if folder == "tests/e2e" { name.starts_with("sdk") } else { name.ends_with(".test.mjs") };
+            let wanted = if folder == "tests/e2e" {
+                name.starts_with("sdk")
+            } else {
+                name.ends_with(".test.mjs")
+            };
             if wanted && name.ends_with(".mjs") {
                 files.push(format!("{folder}/{name}"));
             }
@@ -141,26 +194,43 @@ pub fn test_sdk() -> Result<()> {
     }
     files.sort();
     // One file at a time: each starts Chromium, some a server, and the machine is small.
-    run_command(Command::new("node").current_dir(&root).args(["--test", "--test-concurrency=1"]).args(&files))
+    run_command(
+        Command::new("node")
+            .current_dir(&root)
+            .args(["--test", "--test-concurrency=1"])
+            .args(&files),
+    )
 }
 
 /// Installs the JavaScript tooling (`npm ci`) when node_modules lacks it.
 fn ensure_node_modules(root: &Path) -> Result<()> {
-    let wanted = ["node_modules/.bin/wasm-opt", "node_modules/.bin/vite", "node_modules/playwright-core", "node_modules/.bin/tsc"];
+    let wanted = [
+        "node_modules/.bin/wasm-opt",
+        "node_modules/.bin/vite",
+        "node_modules/playwright-core",
+        "node_modules/.bin/tsc",
+    ];
     if wanted.iter().all(|path| root.join(path).exists()) {
         return Ok(());
     }
     println!("xtask: npm ci (JavaScript tooling)");
-    run_command(Command::new("npm").current_dir(root).args(["ci", "--no-audit", "--no-fund"]))
+    run_command(
+        Command::new("npm")
+            .current_dir(root)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
 }
 
 fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// The version in the root Cargo.toml's `wasm-bindgen = "=X.Y.Z"`.
 fn pinned_wasm_bindgen_version(root: &Path) -> Result<String> {
-    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
+    let manifest =
+        std::fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
     manifest
         .lines()
         .find_map(|line| line.trim().strip_prefix("wasm-bindgen = \"="))
@@ -170,7 +240,9 @@ fn pinned_wasm_bindgen_version(root: &Path) -> Result<String> {
 }
 
 fn run_command(command: &mut Command) -> Result<()> {
-    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -178,7 +250,9 @@ fn run_command(command: &mut Command) -> Result<()> {
 }
 
 fn output_of(command: &mut Command) -> Result<String> {
-    let output = command.output().with_context(|| format!("starting {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
     if !output.status.success() {
         bail!("{command:?} failed: {}", output.status);
     }
@@ -186,7 +260,9 @@ fn output_of(command: &mut Command) -> Result<String> {
 }
 
 fn file_size(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len())
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len())
 }
 
 /// A file's size as shipped and as gzip -9 sends it.
@@ -206,7 +282,10 @@ impl Size {
         if !output.status.success() {
             bail!("gzip {} failed", path.display());
         }
-        Ok(Size { raw: file_size(path)?, gzip: output.stdout.len() as u64 })
+        Ok(Size {
+            raw: file_size(path)?,
+            gzip: output.stdout.len() as u64,
+        })
     }
 }
 
