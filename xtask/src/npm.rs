@@ -151,6 +151,12 @@ pub fn test_sdk() -> Result<()> {
     if !root.join("npm/dist/index.js").exists() {
         bail!("npm/dist is missing: run `cargo xtask npm` first");
     }
+    println!("xtask test-sdk: livevote-sdk unit tests (native)");
+    run_command(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "-p", "livevote-sdk"]),
+    )?;
     println!("xtask test-sdk: wasm-bindgen tests in headless Chromium");
     run_command(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -182,12 +188,10 @@ pub fn test_sdk() -> Result<()> {
             std::fs::read_dir(root.join(folder)).with_context(|| format!("reading {folder}"))?
         {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            let wanted = if folder == "tests/e2e" {
-                name.starts_with("sdk")
-            } else {
-                name.ends_with(".test.mjs")
-            };
-            if wanted && name.ends_with(".mjs") {
+            // Only test files: sdk-harness.mjs and other helpers hold no tests.
+            let wanted =
+                name.ends_with(".test.mjs") && (folder != "tests/e2e" || name.starts_with("sdk"));
+            if wanted {
                 files.push(format!("{folder}/{name}"));
             }
         }
