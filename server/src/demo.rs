@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
@@ -22,6 +22,7 @@ use livevote_protocol::Role;
 use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceExt;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use uuid::Uuid;
 
@@ -44,11 +45,18 @@ pub fn routes(config: &Config) -> Router {
     let tokens = Arc::new(Authenticator::new(
         config.jwt_secret.as_deref().unwrap_or_default(),
     ));
-    Router::new()
-        .route("/", get(landing))
+    // A page opened from a local file (Origin `null`, or OBS's `http://absolute`) calls these too.
+    let any_origin = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET]);
+    let endpoints = Router::new()
         .route("/demo/token", get(demo_token))
         .route("/demo/config", get(demo_config))
         .with_state(tokens)
+        .layer(any_origin);
+    Router::new()
+        .route("/", get(landing))
+        .merge(endpoints)
         .nest_service(
             "/overlay",
             static_folder(assets.join("examples").join("obs-overlay"), "/overlay/"),
@@ -115,9 +123,14 @@ fn mint(
     (tokens.mint(&claims), claims.exp)
 }
 
-/// The overlay's address with its configuration in the query string, as printed at start.
-fn overlay_query(token: &str) -> String {
-    format!("streamerId={}&token={token}", catalog::STREAMER_ID)
+/// The overlay's query string. It names a token URL rather than a token: `--dev` makes a new
+/// JWT secret at every start, and with `tokenUrl` an overlay left open in OBS fetches a fresh
+/// token when the demo restarts instead of stopping at close code 4001.
+fn overlay_query() -> String {
+    format!(
+        "streamerId={}&tokenUrl=%2Fdemo%2Ftoken%3Frole%3Doverlay",
+        catalog::STREAMER_ID
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,9 +200,8 @@ async fn demo_config() -> Json<serde_json::Value> {
 }
 
 /// `GET /`: what is running and where to look.
-async fn landing(State(tokens): State<Arc<Authenticator>>) -> Html<String> {
-    let (token, _) = mint(&tokens, catalog::OVERLAY_USER_ID, Role::Viewer, None);
-    let overlay = format!("/overlay/?{}", overlay_query(&token));
+async fn landing() -> Html<String> {
+    let overlay = format!("/overlay/?{}", overlay_query().replace('&', "&amp;"));
     Html(format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>livevote demo</title>
@@ -235,7 +247,6 @@ pub fn start(state: AppState, router: Router) -> tokio::task::JoinHandle<()> {
 }
 
 fn print_urls(state: &AppState, first_event: Option<&str>) {
-    let (token, _) = mint(&state.auth, catalog::OVERLAY_USER_ID, Role::Viewer, None);
     let listen = state.config.listen;
     // With port 0 the real port is only known to the listener: point at the `listening on` line.
     let base = if listen.port() == 0 {
@@ -257,6 +268,136 @@ fn print_urls(state: &AppState, first_event: Option<&str>) {
          viewer page:\n    {base}/viewer/\n  \
          everything:\n    {base}/\n",
         simulation::SIMULATED_VIEWERS,
-        overlay_query(&token)
+        overlay_query()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(
+        router: &Router,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, String, Option<String>) {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .map(|value| value.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            String::from_utf8_lossy(&bytes).into_owned(),
+            location,
+        )
+    }
+
+    #[tokio::test]
+    async fn demo_serves_its_pages_and_tokens_and_simulates_live_voting() {
+        let mut config = Config::for_tests();
+        config.demo = true;
+        let state = crate::start(config).await.unwrap();
+        let router = crate::app(state.clone());
+
+        // The bare folder redirects to the folder, query string kept, so relative imports work.
+        let (status, _, location) = get(&router, "/overlay?streamerId=x", None).await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(location.as_deref(), Some("/overlay/?streamerId=x"));
+        let (status, page, _) = get(&router, "/overlay/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("overlay.js"));
+        let (status, page, _) = get(&router, "/viewer/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("viewer.js"));
+        let (status, page, _) = get(&router, "/", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("/overlay/?streamerId="));
+
+        // Demo tokens are signed with the server's secret.
+        let (status, body, _) = get(&router, "/demo/token?role=viewer&user=0", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let token = body["token"].as_str().unwrap().to_owned();
+        let claims = state
+            .auth
+            .verify(&token, state.clock.unix_seconds())
+            .unwrap();
+        assert_eq!(claims.sub, DEMO_USERS[0].id);
+        assert_eq!(claims.role, Role::Viewer);
+        assert_eq!(
+            get(&router, "/demo/token?user=99", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&router, "/demo/token?role=admin", None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+
+        // The simulation creates an event at once and the simulated viewers vote on it.
+        let simulation = start(state.clone(), router.clone());
+        let path = format!("/api/events?streamerId={STREAMER_ID}&status=open");
+        let mut votes = 0;
+        for _ in 0..100 {
+            let (_, body, _) = get(&router, &path, Some(&token)).await;
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            votes = body["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|item| item["totals"].as_object().into_iter().flatten())
+                .map(|(_, count)| count.as_u64().unwrap_or(0))
+                .sum::<u64>();
+            if votes > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(votes > 0, "no simulated votes within 10 s");
+        let (_, body, _) = get(&router, "/api/balance", Some(&token)).await;
+        assert!(
+            body.contains(&format!("\"balance\":{}", catalog::DEMO_BALANCE)),
+            "{body}"
+        );
+
+        // Everything stops with the server.
+        state.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), simulation)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn nothing_of_the_demo_is_served_without_demo() {
+        let config = Config::for_tests();
+        assert!(!config.demo);
+        let router = routes(&config);
+        assert_eq!(
+            get(&router, "/demo/token?user=0", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&router, "/overlay/", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }

@@ -8,21 +8,30 @@ mod test;
 mod tools;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::anyhow;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
     let command = arguments.next().unwrap_or_default();
     let rest: Vec<String> = arguments.collect();
-    match command.as_str() {
+    let outcome = match command.as_str() {
         "test" => test::run(&rest),
         "demo" => demo::run(&rest),
         "npm" => npm::run(&rest),
         "bench" => bench::run(&rest),
-        _ => bail!(
+        _ => Err(anyhow!(
             "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md"
-        ),
+        )),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of causes is the useful part; a backtrace of xtask itself is noise.
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub const SIMULATED_VIEWERS: usize = 300;
 const MAX_IN_FLIGHT: usize = 16;
 /// Vote requests per second at the peak of the crowd's excitement (and a tenth of it at rest).
 const PEAK_VOTE_REQUESTS_PER_SECOND: f64 = 30.0;
+/// The worker waits while this many events are open.
+const MAX_OPEN_EVENTS: usize = 2;
 /// Lifetime of the tokens the simulation mints for itself.
 const TOKEN_SECONDS: i64 = 3600;
 
@@ -57,6 +59,8 @@ pub struct Simulation {
     tokens: Mutex<HashMap<Uuid, (String, i64)>>,
     /// Users whose balance this process has already checked and topped up.
     topped_up: Mutex<HashSet<Uuid>>,
+    /// The latest titles asked, so that the same question does not come twice in a row.
+    recent_titles: Mutex<Vec<&'static str>>,
     in_flight: Semaphore,
 }
 
@@ -75,6 +79,7 @@ impl Simulation {
             events: Mutex::new(Vec::new()),
             tokens: Mutex::new(HashMap::new()),
             topped_up: Mutex::new(HashSet::new()),
+            recent_titles: Mutex::new(Vec::new()),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
         })
     }
@@ -242,8 +247,22 @@ impl Simulation {
     pub async fn create_event(self: &Arc<Self>) -> Option<String> {
         let (game, prompt, cost, duration, closes_early) = {
             let mut random = rand::thread_rng();
-            let game: Game = *catalog::GAMES.choose(&mut random)?;
-            let prompt: Prompt = *game.prompts.choose(&mut random)?;
+            let mut recent = self.recent_titles.lock();
+            let mut pick = || -> Option<(Game, Prompt)> {
+                let game: Game = *catalog::GAMES.choose(&mut random)?;
+                Some((game, *game.prompts.choose(&mut random)?))
+            };
+            let (mut game, mut prompt) = pick()?;
+            for _ in 0..20 {
+                if !recent.contains(&prompt.title) {
+                    break;
+                }
+                (game, prompt) = pick()?;
+            }
+            recent.push(prompt.title);
+            if recent.len() > 5 {
+                recent.remove(0);
+            }
             let cost = *catalog::COSTS_PER_VOTE.choose(&mut random)?;
             let duration = self.paced(random.gen_range(40.0..120.0));
             let closes_early = random
@@ -331,7 +350,8 @@ impl Simulation {
         }
     }
 
-    /// A new event every 30–60 s until shutdown.
+    /// A new event every 30–60 s until shutdown, never more than two open at once (an overlay
+    /// has room for two, and a chat can follow no more).
     pub async fn run_worker(self: Arc<Self>) {
         loop {
             let gap = self.paced(rand::thread_rng().gen_range(30.0..60.0));
@@ -339,8 +359,23 @@ impl Simulation {
                 () = self.state.shutdown.cancelled() => return,
                 () = tokio::time::sleep(gap) => {}
             }
+            while self.open_event_count() >= MAX_OPEN_EVENTS {
+                tokio::select! {
+                    () = self.state.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(self.paced(2.0)) => {}
+                }
+            }
             self.create_event().await;
         }
+    }
+
+    fn open_event_count(&self) -> usize {
+        let now = Instant::now();
+        self.events
+            .lock()
+            .iter()
+            .filter(|event| event.closes > now)
+            .count()
     }
 
     /// The crowd: vote requests at a rate that rises and falls like a chat's excitement, with
