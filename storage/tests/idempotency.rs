@@ -19,25 +19,42 @@ async fn a_repeat_replays_the_first_answer_and_debits_once() {
     let event = open_event(&store, 10).await;
 
     let first = store
-        .cast_vote(keyed(vote(user_id, &event, "a", 2), "key-1", "POST /votes a×2"))
+        .cast_vote(keyed(
+            vote(user_id, &event, "a", 2),
+            "key-1",
+            "POST /votes a×2",
+        ))
         .await
         .unwrap();
     assert!(!first.replayed);
     assert_eq!(first.balance, 80);
 
     // Another vote in between must not change what the repeat answers.
-    store.cast_vote(vote(user_id, &event, "b", 1)).await.unwrap();
+    store
+        .cast_vote(vote(user_id, &event, "b", 1))
+        .await
+        .unwrap();
 
     let repeat = store
-        .cast_vote(keyed(vote(user_id, &event, "a", 2), "key-1", "POST /votes a×2"))
+        .cast_vote(keyed(
+            vote(user_id, &event, "a", 2),
+            "key-1",
+            "POST /votes a×2",
+        ))
         .await
         .unwrap();
     assert!(repeat.replayed);
-    assert_eq!((repeat.balance, &repeat.totals, repeat.seq), (first.balance, &first.totals, first.seq));
+    assert_eq!(
+        (repeat.balance, &repeat.totals, repeat.seq),
+        (first.balance, &first.totals, first.seq)
+    );
 
     assert_eq!(store.balance(user_id).await.unwrap(), Some(70));
     let record = store.get_event(event.id).await.unwrap().unwrap();
-    assert_eq!((record.totals["a"], record.totals["b"], record.seq), (2, 1, 2));
+    assert_eq!(
+        (record.totals["a"], record.totals["b"], record.seq),
+        (2, 1, 2)
+    );
     assert_ledger_sums(&store, user_id).await;
 }
 
@@ -57,12 +74,21 @@ async fn identical_requests_at_once_apply_once(store: Arc<SqliteStore>) {
     for task in tasks {
         receipts.push(task.await.unwrap().unwrap());
     }
-    assert_eq!(receipts.iter().filter(|receipt| !receipt.replayed).count(), 1);
+    assert_eq!(
+        receipts.iter().filter(|receipt| !receipt.replayed).count(),
+        1
+    );
     for receipt in &receipts {
-        assert_eq!((receipt.balance, receipt.totals["a"], receipt.seq), (95, 5, 1));
+        assert_eq!(
+            (receipt.balance, receipt.totals["a"], receipt.seq),
+            (95, 5, 1)
+        );
     }
     assert_eq!(store.balance(user_id).await.unwrap(), Some(95));
-    assert_eq!(store.get_event(event.id).await.unwrap().unwrap().totals["a"], 5);
+    assert_eq!(
+        store.get_event(event.id).await.unwrap().unwrap().totals["a"],
+        5
+    );
     assert_ledger_sums(&*store, user_id).await;
 }
 
@@ -91,7 +117,10 @@ async fn a_key_reused_with_another_body_is_refused() {
     let reused = store
         .cast_vote(keyed(vote(user_id, &event, "b", 1), "key", "body b"))
         .await;
-    assert!(matches!(reused, Err(StoreError::IdempotencyKeyReused)), "{reused:?}");
+    assert!(
+        matches!(reused, Err(StoreError::IdempotencyKeyReused)),
+        "{reused:?}"
+    );
     assert_eq!(store.balance(user_id).await.unwrap(), Some(99));
 
     // A credit under the same scope and key is another request too, whatever its fingerprint.
@@ -100,7 +129,10 @@ async fn a_key_reused_with_another_body_is_refused() {
         key: "key".to_owned(),
         fingerprint: "body a".to_owned(),
     });
-    assert!(matches!(store.credit(same_key_credit).await, Err(StoreError::IdempotencyKeyReused)));
+    assert!(matches!(
+        store.credit(same_key_credit).await,
+        Err(StoreError::IdempotencyKeyReused)
+    ));
 }
 
 #[tokio::test]
@@ -117,7 +149,10 @@ async fn keys_are_scoped_per_user() {
         assert!(!receipt.replayed);
         assert_eq!(receipt.balance, 9);
     }
-    assert_eq!(store.get_event(event.id).await.unwrap().unwrap().totals["a"], 2);
+    assert_eq!(
+        store.get_event(event.id).await.unwrap().unwrap().totals["a"],
+        2
+    );
 }
 
 #[tokio::test]
@@ -131,7 +166,10 @@ async fn a_failed_request_is_not_remembered() {
     let attempt = || keyed(vote(user_id, &event, "a", 1), "retry-me", "POST /votes a×1");
     assert!(matches!(
         store.cast_vote(attempt()).await,
-        Err(StoreError::InsufficientBalance { balance: 5, needed: 10 })
+        Err(StoreError::InsufficientBalance {
+            balance: 5,
+            needed: 10
+        })
     ));
     store.credit(credit(admin_id, user_id, 20)).await.unwrap();
     let receipt = store.cast_vote(attempt()).await.unwrap();

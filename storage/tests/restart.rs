@@ -24,9 +24,19 @@ async fn a_restart_keeps_balances_events_and_idempotency_keys() {
         .cast_vote(keyed(vote(user_id, &open, "a", 3), "before-restart", "a×3"))
         .await
         .unwrap();
-    file.store.cast_vote(vote(user_id, &closed, "b", 1)).await.unwrap();
-    let closing = file.store.close_event(closed.id, None, support::now()).await.unwrap();
-    file.store.credit(credit(admin_id, user_id, 10)).await.unwrap();
+    file.store
+        .cast_vote(vote(user_id, &closed, "b", 1))
+        .await
+        .unwrap();
+    let closing = file
+        .store
+        .close_event(closed.id, None, support::now())
+        .await
+        .unwrap();
+    file.store
+        .credit(credit(admin_id, user_id, 10))
+        .await
+        .unwrap();
     let open_before = file.store.get_event(open.id).await.unwrap().unwrap();
     file.store.close().await;
 
@@ -34,23 +44,39 @@ async fn a_restart_keeps_balances_events_and_idempotency_keys() {
     assert_eq!(store.balance(user_id).await.unwrap(), Some(50 - 6 - 1 + 10));
     assert_ledger_sums(&store, user_id).await;
     assert_eq!(store.get_event(open.id).await.unwrap(), Some(open_before));
-    assert_eq!(store.get_event(closed.id).await.unwrap(), Some(closing.record.clone()));
+    assert_eq!(
+        store.get_event(closed.id).await.unwrap(),
+        Some(closing.record.clone())
+    );
 
     let replay = store
         .cast_vote(keyed(vote(user_id, &open, "a", 3), "before-restart", "a×3"))
         .await
         .unwrap();
     assert!(replay.replayed);
-    assert_eq!((replay.balance, replay.totals, replay.seq), (first.balance, first.totals, first.seq));
+    assert_eq!(
+        (replay.balance, replay.totals, replay.seq),
+        (first.balance, first.totals, first.seq)
+    );
 
-    let again = store.close_event(closed.id, None, support::now()).await.unwrap();
-    assert!(!again.newly_closed, "a restart does not let an event close twice");
+    let again = store
+        .close_event(closed.id, None, support::now())
+        .await
+        .unwrap();
+    assert!(
+        !again.newly_closed,
+        "a restart does not let an event close twice"
+    );
     assert_eq!(again.record, closing.record);
 
     let after = store.cast_vote(vote(user_id, &open, "b", 1)).await.unwrap();
     assert_eq!(after.seq, 2, "seq continues from the stored value");
     assert_eq!(after.balance, 51);
-    assert_eq!(store.ensure_user(user_id, 1_000).await.unwrap(), 51, "a known user is not credited again");
+    assert_eq!(
+        store.ensure_user(user_id, 1_000).await.unwrap(),
+        51,
+        "a known user is not credited again"
+    );
     store.close().await;
 }
 
@@ -58,13 +84,17 @@ async fn a_restart_keeps_balances_events_and_idempotency_keys() {
 async fn every_url_form_opens_a_database() {
     let directory = tempfile::tempdir().unwrap();
     let plain = directory.path().join("plain.db");
-    let store = SqliteStore::connect(&format!("sqlite:{}", plain.display())).await.unwrap();
+    let store = SqliteStore::connect(&format!("sqlite:{}", plain.display()))
+        .await
+        .unwrap();
     store.ping().await.unwrap();
     store.close().await;
     assert!(plain.exists());
 
     let nested = directory.path().join("slashes.db");
-    let store = SqliteStore::connect(&format!("sqlite://{}", nested.display())).await.unwrap();
+    let store = SqliteStore::connect(&format!("sqlite://{}", nested.display()))
+        .await
+        .unwrap();
     store.ping().await.unwrap();
     store.close().await;
     assert!(nested.exists());
@@ -77,7 +107,9 @@ async fn every_url_form_opens_a_database() {
     assert_eq!(first.balance(user_id).await.unwrap(), Some(3));
     assert_eq!(second.balance(user_id).await.unwrap(), None);
 
-    assert!(SqliteStore::connect("postgres://localhost/livevote").await.is_err());
+    assert!(SqliteStore::connect("postgres://localhost/livevote")
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -96,7 +128,10 @@ async fn concurrent_first_requests_credit_the_initial_balance_once() {
     }
     let entries = store.ledger_entries(user_id).await.unwrap();
     assert_eq!(entries.len(), 1);
-    assert_eq!((entries[0].kind, entries[0].amount), (LedgerEntryKind::InitialCredit, 40));
+    assert_eq!(
+        (entries[0].kind, entries[0].amount),
+        (LedgerEntryKind::InitialCredit, 40)
+    );
 
     // A zero initial balance is still an entry, so "known to the ledger" is durable.
     let newcomer = Uuid::new_v4();
@@ -114,5 +149,8 @@ async fn every_call_is_counted_as_queries() {
     assert!(after_create > before);
     store.get_event(event.id).await.unwrap();
     assert_eq!(store.query_count(), after_create + 1);
-    assert_eq!(store.get_event(event.id).await.unwrap().unwrap().status, EventStatus::Open);
+    assert_eq!(
+        store.get_event(event.id).await.unwrap().unwrap().status,
+        EventStatus::Open
+    );
 }

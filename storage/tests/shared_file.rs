@@ -21,8 +21,14 @@ async fn two_stores_on_one_file_close_once_and_never_overdraw() {
     first.ensure_user(user_id, 60).await.unwrap();
     let event = open_event(&*first, 1).await;
     // Both writers cache the user and the event before the race starts.
-    first.cast_vote(vote(user_id, &event, "a", 1)).await.unwrap();
-    second.cast_vote(vote(user_id, &event, "b", 1)).await.unwrap();
+    first
+        .cast_vote(vote(user_id, &event, "a", 1))
+        .await
+        .unwrap();
+    second
+        .cast_vote(vote(user_id, &event, "b", 1))
+        .await
+        .unwrap();
 
     let mut tasks = Vec::new();
     for attempt in 0..120 {
@@ -56,7 +62,10 @@ async fn two_stores_on_one_file_close_once_and_never_overdraw() {
     for task in closes {
         let outcome = task.await.unwrap().unwrap();
         newly_closed += usize::from(outcome.newly_closed);
-        assert_eq!(outcome.record.result.as_ref().unwrap().totals, record.totals);
+        assert_eq!(
+            outcome.record.result.as_ref().unwrap().totals,
+            record.totals
+        );
         assert_eq!(outcome.record.seq, 61);
     }
     assert_eq!(newly_closed, 1);

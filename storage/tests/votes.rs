@@ -10,7 +10,9 @@ use chrono::Duration;
 use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{LedgerEntryKind, Store, StoreError};
 use sqlx::Row;
-use support::{assert_ledger_sums, credit, event_with, file_store, memory_store, now, open_event, vote};
+use support::{
+    assert_ledger_sums, credit, event_with, file_store, memory_store, now, open_event, vote,
+};
 use uuid::Uuid;
 
 /// 200 single votes at once against a balance that pays for exactly 100 of them.
@@ -32,7 +34,9 @@ async fn one_user_cannot_overdraw(store: Arc<SqliteStore>) {
             Ok(receipt) => {
                 assert!(receipt.balance >= 0);
                 assert!(!receipt.replayed);
-                *accepted.entry(if attempt % 2 == 0 { "a" } else { "b" }.to_owned()).or_default() += 1;
+                *accepted
+                    .entry(if attempt % 2 == 0 { "a" } else { "b" }.to_owned())
+                    .or_default() += 1;
             }
             Err(StoreError::InsufficientBalance { balance, needed }) => {
                 assert_eq!((balance, needed), (0, 1));
@@ -48,9 +52,15 @@ async fn one_user_cannot_overdraw(store: Arc<SqliteStore>) {
 
     let record = store.get_event(event.id).await.unwrap().unwrap();
     for option in ["a", "b"] {
-        assert_eq!(record.totals.get(option).copied().unwrap_or(0), accepted.get(option).copied().unwrap_or(0));
+        assert_eq!(
+            record.totals.get(option).copied().unwrap_or(0),
+            accepted.get(option).copied().unwrap_or(0)
+        );
     }
-    assert_eq!(record.seq, 100, "seq grows by one per accepted vote request");
+    assert_eq!(
+        record.seq, 100,
+        "seq grows by one per accepted vote request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,7 +75,10 @@ async fn concurrent_votes_never_overdraw_on_a_file() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    let summed: u64 = rows.iter().map(|row| row.get::<i64, _>("votes") as u64).sum();
+    let summed: u64 = rows
+        .iter()
+        .map(|row| row.get::<i64, _>("votes") as u64)
+        .sum();
     assert_eq!(summed, 100);
     pool.close().await;
 }
@@ -125,14 +138,27 @@ async fn ledger_sums_to_every_balance_after_a_concurrent_workload() {
     for user_id in &users {
         assert_ledger_sums(&*store, *user_id).await;
         let entries = store.ledger_entries(*user_id).await.unwrap();
-        let initial = entries.iter().filter(|entry| entry.kind == LedgerEntryKind::InitialCredit).count();
-        assert_eq!(initial, 1, "each user is credited its initial balance exactly once");
-        assert_eq!(entries[0].kind, LedgerEntryKind::InitialCredit, "entries come oldest first");
+        let initial = entries
+            .iter()
+            .filter(|entry| entry.kind == LedgerEntryKind::InitialCredit)
+            .count();
+        assert_eq!(
+            initial, 1,
+            "each user is credited its initial balance exactly once"
+        );
+        assert_eq!(
+            entries[0].kind,
+            LedgerEntryKind::InitialCredit,
+            "entries come oldest first"
+        );
     }
     for event in events.iter() {
         let record = store.get_event(event.id).await.unwrap().unwrap();
         for option in ["a", "b"] {
-            assert_eq!(record.totals[option], expected.get(&(event.id, option)).copied().unwrap_or(0));
+            assert_eq!(
+                record.totals[option],
+                expected.get(&(event.id, option)).copied().unwrap_or(0)
+            );
         }
     }
 
@@ -155,15 +181,30 @@ async fn a_refused_vote_changes_nothing() {
     store.ensure_user(user_id, 10).await.unwrap();
     let event = open_event(&store, 4).await;
 
-    let error = store.cast_vote(vote(user_id, &event, "a", 3)).await.unwrap_err();
-    assert!(matches!(error, StoreError::InsufficientBalance { balance: 10, needed: 12 }), "{error:?}");
+    let error = store
+        .cast_vote(vote(user_id, &event, "a", 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::InsufficientBalance {
+                balance: 10,
+                needed: 12
+            }
+        ),
+        "{error:?}"
+    );
     assert_eq!(store.balance(user_id).await.unwrap(), Some(10));
     assert_eq!(store.ledger_entries(user_id).await.unwrap().len(), 1);
     let record = store.get_event(event.id).await.unwrap().unwrap();
     assert_eq!(record.seq, 0);
     assert_eq!(record.totals.values().sum::<u64>(), 0);
 
-    let receipt = store.cast_vote(vote(user_id, &event, "b", 2)).await.unwrap();
+    let receipt = store
+        .cast_vote(vote(user_id, &event, "b", 2))
+        .await
+        .unwrap();
     assert_eq!(receipt.balance, 2);
     assert_eq!(receipt.totals["b"], 2);
     assert_eq!(receipt.seq, 1);
@@ -178,7 +219,10 @@ async fn unknown_events_and_options_are_refused() {
 
     let mut missing = vote(user_id, &event, "a", 1);
     missing.event_id = Uuid::new_v4();
-    assert!(matches!(store.cast_vote(missing).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.cast_vote(missing).await,
+        Err(StoreError::NotFound)
+    ));
     match store.cast_vote(vote(user_id, &event, "c", 1)).await {
         Err(StoreError::UnknownOption(option)) => assert_eq!(option, "c"),
         other => panic!("expected UnknownOption, got {other:?}"),
@@ -198,10 +242,17 @@ async fn votes_at_or_after_closes_at_are_refused() {
     let mut before = vote(user_id, &event, "a", 1);
     before.now = closes_at - Duration::milliseconds(1);
     assert!(store.cast_vote(before).await.is_ok());
-    for late in [closes_at, closes_at + Duration::milliseconds(1), closes_at + Duration::hours(1)] {
+    for late in [
+        closes_at,
+        closes_at + Duration::milliseconds(1),
+        closes_at + Duration::hours(1),
+    ] {
         let mut command = vote(user_id, &event, "a", 1);
         command.now = late;
-        assert!(matches!(store.cast_vote(command).await, Err(StoreError::EventClosed)));
+        assert!(matches!(
+            store.cast_vote(command).await,
+            Err(StoreError::EventClosed)
+        ));
     }
     assert_eq!(store.balance(user_id).await.unwrap(), Some(9));
 }
@@ -216,10 +267,16 @@ async fn a_first_vote_makes_the_user_known_with_the_initial_balance() {
     assert_eq!(store.cast_vote(command).await.unwrap().balance, 4);
 
     let entries = store.ledger_entries(user_id).await.unwrap();
-    let summary: Vec<_> = entries.iter().map(|entry| (entry.kind, entry.amount, entry.event_id)).collect();
+    let summary: Vec<_> = entries
+        .iter()
+        .map(|entry| (entry.kind, entry.amount, entry.event_id))
+        .collect();
     assert_eq!(
         summary,
-        vec![(LedgerEntryKind::InitialCredit, 10, None), (LedgerEntryKind::VoteDebit, -6, Some(event.id))]
+        vec![
+            (LedgerEntryKind::InitialCredit, 10, None),
+            (LedgerEntryKind::VoteDebit, -6, Some(event.id))
+        ]
     );
 
     // A refused vote still counts as the user's first authenticated request.
@@ -228,7 +285,10 @@ async fn a_first_vote_makes_the_user_known_with_the_initial_balance() {
     refused.initial_balance = 2;
     assert!(matches!(
         store.cast_vote(refused).await,
-        Err(StoreError::InsufficientBalance { balance: 2, needed: 3 })
+        Err(StoreError::InsufficientBalance {
+            balance: 2,
+            needed: 3
+        })
     ));
     assert_eq!(store.balance(newcomer).await.unwrap(), Some(2));
 }
@@ -242,7 +302,20 @@ async fn credits_make_the_target_known_first() {
     command.initial_balance = 5;
     let receipt = store.credit(command).await.unwrap();
     assert_eq!((receipt.balance, receipt.replayed), (30, false));
-    let kinds: Vec<_> = store.ledger_entries(user_id).await.unwrap().iter().map(|entry| entry.kind).collect();
-    assert_eq!(kinds, vec![LedgerEntryKind::InitialCredit, LedgerEntryKind::AdminCredit]);
-    assert_eq!(store.balance(admin_id).await.unwrap(), None, "crediting does not make the admin known");
+    let kinds: Vec<_> = store
+        .ledger_entries(user_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|entry| entry.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![LedgerEntryKind::InitialCredit, LedgerEntryKind::AdminCredit]
+    );
+    assert_eq!(
+        store.balance(admin_id).await.unwrap(),
+        None,
+        "crediting does not make the admin known"
+    );
 }

@@ -291,7 +291,6 @@ impl Writer {
             return;
         };
         loop {
-            self.state.queries.add(1);
             let deleted = sqlx::query(
                 "DELETE FROM idempotency_keys WHERE (scope, key) IN \
                  (SELECT scope, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",

@@ -21,13 +21,24 @@ pub struct FileStore {
 
 pub async fn file_store() -> FileStore {
     let directory = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", directory.path().join("livevote.db").display());
-    let store = SqliteStore::connect(&url).await.expect("connect to a new database file");
-    FileStore { store, url, directory }
+    let url = format!(
+        "sqlite://{}",
+        directory.path().join("livevote.db").display()
+    );
+    let store = SqliteStore::connect(&url)
+        .await
+        .expect("connect to a new database file");
+    FileStore {
+        store,
+        url,
+        directory,
+    }
 }
 
 pub async fn memory_store() -> SqliteStore {
-    SqliteStore::connect("sqlite::memory:").await.expect("connect to an in-memory database")
+    SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("connect to an in-memory database")
 }
 
 /// Whole milliseconds, as the server normalises `closesAt`.
@@ -59,7 +70,10 @@ pub fn event_with(options: &[&str], cost_per_vote: u64, closes_at: DateTime<Utc>
 pub async fn open_event(store: &impl Store, cost_per_vote: u64) -> Event {
     let closes_at = now() + Duration::hours(1);
     let event = event_with(&["a", "b"], cost_per_vote, closes_at);
-    store.create_event(&event, closes_at).await.expect("create event");
+    store
+        .create_event(&event, closes_at)
+        .await
+        .expect("create event");
     event
 }
 
@@ -96,10 +110,17 @@ pub fn credit(admin_id: Uuid, user_id: Uuid, amount: i64) -> CreditCommand {
 
 /// Checks the ledger invariant for one user: the balance is the sum of the entries.
 pub async fn assert_ledger_sums(store: &impl Store, user_id: Uuid) -> i64 {
-    let balance = store.balance(user_id).await.expect("balance").expect("a known user");
+    let balance = store
+        .balance(user_id)
+        .await
+        .expect("balance")
+        .expect("a known user");
     let entries = store.ledger_entries(user_id).await.expect("ledger entries");
     let sum: i64 = entries.iter().map(|entry| entry.amount).sum();
-    assert_eq!(balance, sum, "balance of {user_id} differs from the sum of its ledger entries");
+    assert_eq!(
+        balance, sum,
+        "balance of {user_id} differs from the sum of its ledger entries"
+    );
     assert!(balance >= 0, "balance of {user_id} went negative");
     balance
 }

@@ -1,0 +1,173 @@
+//! Throughput of durable votes: 64 concurrent tasks cast single votes for 1,000 users across
+//! 10 events on a database file (WAL, synchronous=FULL), first with an Idempotency-Key on every
+//! vote and then without, and print votes per second. Bounded by a vote count and a time limit.
+//!
+//! Run: `cargo bench -p livevote-storage` (or `--bench votes -- VOTES` to change the count).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use livevote_protocol::{Event, EventOption, Timestamp};
+use livevote_storage::sqlite::SqliteStore;
+use livevote_storage::{IdempotencyKey, Store, VoteCommand};
+use uuid::Uuid;
+
+const TASKS: u64 = 64;
+const USERS: usize = 1_000;
+const EVENTS: usize = 10;
+const DEFAULT_VOTES: u64 = 200_000;
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a bare number among the arguments sets the vote count.
+    let votes = std::env::args()
+        .skip(1)
+        .find_map(|argument| argument.parse().ok())
+        .unwrap_or(DEFAULT_VOTES);
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", directory.path().join("bench.db").display());
+    let store = Arc::new(SqliteStore::connect(&url).await.expect("open the database"));
+
+    let users: Arc<Vec<Uuid>> = Arc::new((0..USERS).map(|_| Uuid::new_v4()).collect());
+    for user_id in users.iter() {
+        store
+            .ensure_user(*user_id, 1_000_000_000)
+            .await
+            .expect("make the user known");
+    }
+    let closes_at = Utc::now() + chrono::Duration::hours(1);
+    let mut events = Vec::new();
+    for _ in 0..EVENTS {
+        let event = bench_event(closes_at);
+        store
+            .create_event(&event, closes_at)
+            .await
+            .expect("create an event");
+        events.push(event.id);
+    }
+    let events = Arc::new(events);
+
+    println!(
+        "{votes} votes, {TASKS} tasks, {USERS} users, {EVENTS} events, database file in {}",
+        directory.path().display()
+    );
+    let mut accepted = 0;
+    for with_keys in [true, false] {
+        accepted += run(&store, &users, &events, votes, with_keys).await;
+    }
+
+    let mut counted = 0;
+    for event_id in events.iter() {
+        let record = store
+            .get_event(*event_id)
+            .await
+            .expect("read an event")
+            .expect("the event exists");
+        counted += record.totals.values().sum::<u64>();
+    }
+    assert_eq!(counted, accepted, "totals equal the accepted votes");
+    for user_id in users.iter().take(20) {
+        let balance = store
+            .balance(*user_id)
+            .await
+            .expect("balance")
+            .expect("a known user");
+        let entries = store.ledger_entries(*user_id).await.expect("ledger");
+        assert_eq!(
+            balance,
+            entries.iter().map(|entry| entry.amount).sum::<i64>(),
+            "ledger sums to the balance"
+        );
+    }
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().await,
+        Err(_) => unreachable!("every task has finished"),
+    }
+}
+
+async fn run(
+    store: &Arc<SqliteStore>,
+    users: &Arc<Vec<Uuid>>,
+    events: &Arc<Vec<Uuid>>,
+    votes: u64,
+    with_keys: bool,
+) -> u64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let queries_before = store.query_count();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, users, events, next) =
+                (store.clone(), users.clone(), events.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let number = next.fetch_add(1, Ordering::Relaxed);
+                    if number >= votes || started.elapsed() > TIME_LIMIT {
+                        return latencies;
+                    }
+                    let user_id = users[(number as usize * 7_919) % USERS];
+                    let idempotency = with_keys.then(|| IdempotencyKey {
+                        key: format!("bench-{number}"),
+                        fingerprint: format!("POST /api/events/votes {number}"),
+                    });
+                    let command = VoteCommand {
+                        user_id,
+                        event_id: events[number as usize % EVENTS],
+                        option_id: ["a", "b", "c"][number as usize % 3].to_owned(),
+                        votes: 1,
+                        idempotency,
+                        now: Utc::now(),
+                        initial_balance: 0,
+                    };
+                    let sent = Instant::now();
+                    store
+                        .cast_vote(command)
+                        .await
+                        .expect("the vote is accepted");
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("a voting task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let cast = latencies.len() as u64;
+    let percentile = |fraction: f64| latencies[((latencies.len() - 1) as f64 * fraction) as usize];
+    println!(
+        "{}: {cast} votes in {:.2} s = {:.0} votes/s; latency p50 {:?} p99 {:?}; {:.3} SQL statements per vote",
+        if with_keys { "with Idempotency-Key" } else { "without key" },
+        elapsed.as_secs_f64(),
+        cast as f64 / elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+        (store.query_count() - queries_before) as f64 / cast as f64,
+    );
+    cast
+}
+
+fn bench_event(closes_at: chrono::DateTime<Utc>) -> Event {
+    Event {
+        id: Uuid::new_v4(),
+        streamer_id: Uuid::new_v4(),
+        game_id: None,
+        title: "Benchmark".to_owned(),
+        options: ["a", "b", "c"]
+            .iter()
+            .map(|id| EventOption {
+                id: (*id).to_owned(),
+                label: id.to_uppercase(),
+            })
+            .collect(),
+        closes_at: Timestamp(closes_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        cost_per_vote: 1,
+        prompt_versions: None,
+    }
+}
