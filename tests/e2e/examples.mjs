@@ -13,7 +13,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
@@ -164,6 +164,17 @@ test("the overlay configured with a token in its query string shows the streamer
   const { page, problems } = await openPage({ width: 1920, height: 1080 });
   await page.goto(`${server.url}/overlay/?streamerId=${STREAMER_ID}&token=${encodeURIComponent(overlayToken.body.token)}`);
   await eventually("an event card", () => page.evaluate(() => Boolean(document.querySelector(".card .option"))));
+  assert.deepEqual(problems, [], "the overlay logged no errors");
+  await page.close();
+});
+
+test("the overlay works opened from a local file, as an OBS browser source can", { timeout: 60000 }, async () => {
+  const overlayToken = await server.json("/demo/token?role=overlay");
+  const { page, problems } = await openPage({ width: 1920, height: 1080 });
+  const file = pathToFileURL(join(root, "examples", "obs-overlay", "index.html"));
+  file.search = new URLSearchParams({ server: server.url, streamerId: STREAMER_ID, token: overlayToken.body.token }).toString();
+  await page.goto(file.href);
+  await eventually("an event card on the file:// page", () => page.evaluate(() => Boolean(document.querySelector(".card .option"))));
   assert.deepEqual(problems, [], "the overlay logged no errors");
   await page.close();
 });
