@@ -33,11 +33,13 @@ struct Options {
     /// Address to bind; port 0 picks a free one, printed as `listening on http://ADDR`.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Per-socket read buffer in bytes (axum's default of 128 KiB costs 128 KiB of RSS per socket).
-    #[arg(long, default_value_t = 4096)]
+    /// Per-socket read buffer in bytes (axum's default of 128 KiB costs 128 KiB of RSS per
+    /// socket); 512 as in livevote-server's socket layer.
+    #[arg(long, default_value_t = 512)]
     read_buffer_size: usize,
-    /// Bytes buffered before a write goes to the socket (0 writes each frame eagerly).
-    #[arg(long, default_value_t = 0)]
+    /// Bytes gathered before a write goes to the socket (a flush writes the rest); 8 KiB as in
+    /// livevote-server.
+    #[arg(long, default_value_t = 8 * 1024)]
     write_buffer_size: usize,
     /// Frames a slow socket may fall behind in its room before it skips ahead.
     #[arg(long, default_value_t = 1024)]
@@ -157,6 +159,7 @@ async fn realtime(
     let upgrade = upgrade
         .read_buffer_size(options.read_buffer_size)
         .write_buffer_size(options.write_buffer_size)
+        .max_write_buffer_size(options.write_buffer_size + 1024 * 1024)
         .max_message_size(16 * 1024)
         .max_frame_size(16 * 1024);
     let channel = query
