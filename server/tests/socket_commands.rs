@@ -164,6 +164,13 @@ async fn each_channel_is_judged_alone() {
         unreachable!()
     };
     assert_eq!(list.channels, asked[4..].to_vec());
+    // A subscribe that gains nothing is still answered, after its denials.
+    client.subscribe(&["nope".to_owned()]).await;
+    let answer = client.until_subscribed().await;
+    assert_eq!(
+        describe_all(&answer),
+        ["SYSTEM_NOTICE SUBSCRIBE_DENIED", "SUBSCRIBED "]
+    );
     client.close().await;
 }
 

@@ -257,8 +257,8 @@ impl Session {
         Verdict::Continue
     }
 
-    /// Subscribes each allowed channel (snapshot, then one SUBSCRIBED for all of them);
-    /// every other one gets its own SUBSCRIBE_DENIED.
+    /// Subscribes each allowed channel (its snapshot first), then answers one SUBSCRIBED
+    /// listing them all (possibly none); each refused channel gets its own SUBSCRIBE_DENIED.
     pub(super) async fn subscribe(&mut self, names: Vec<String>) {
         let realtime = self.state.realtime.clone();
         let mut subscribed: Vec<String> = Vec::new();
@@ -306,14 +306,13 @@ impl Session {
                 SubscribeOutcome::Closed => return,
             }
         }
-        if !subscribed.is_empty() {
-            self.connection
-                .send(&SharedMessage::encode(&ServerMessage::Subscribed(
-                    ChannelList {
-                        channels: subscribed,
-                    },
-                )));
-        }
+        // Always answered, so the client knows where the answers to this command end.
+        self.connection
+            .send(&SharedMessage::encode(&ServerMessage::Subscribed(
+                ChannelList {
+                    channels: subscribed,
+                },
+            )));
     }
 
     fn unsubscribe(&mut self, names: Vec<String>) {
