@@ -26,10 +26,20 @@ const WASM_FEATURES: &[&str] = &[
 /// The default entry's budget: wasm and JavaScript together, gzipped.
 const BUDGET_GZIP_BYTES: u64 = 40 * 1024;
 
+/// `cargo xtask npm` builds the package; `cargo xtask npm test` builds it, then runs
+/// [`test_sdk`].
 pub fn run(arguments: &[String]) -> Result<()> {
-    if let Some(unknown) = arguments.first() {
-        bail!("cargo xtask npm takes no arguments (got `{unknown}`)");
+    match arguments {
+        [] => build(),
+        [test] if test == "test" => {
+            build()?;
+            test_sdk()
+        }
+        _ => bail!("usage: cargo xtask npm [test]"),
     }
+}
+
+fn build() -> Result<()> {
     let root = workspace_root();
     ensure_node_modules(&root)?;
     let target_dir = target_dir(&root);
