@@ -117,6 +117,11 @@ struct Socket {
     opened_at: Option<f64>,
     /// What the server's SERVER_RESTARTING notice on this socket asked for.
     retry_after_ms: Option<f64>,
+    /// The channels of each subscribe command sent on this socket and not yet answered. The
+    /// server answers every subscribe command, in order, with one SUBSCRIBED (after the
+    /// denials), so a channel of the answered command that is neither listed nor denied by then
+    /// will never be answered: it counts as denied rather than pending forever.
+    unanswered: Vec<Vec<String>>,
     _handlers: [Closure<dyn FnMut(JsValue)>; 3],
 }
 
@@ -314,9 +319,12 @@ impl Inner {
     }
 
     /// Sends `subscribe`/`unsubscribe` for `channels`, or `refresh` with `token`.
-    fn send_command(&self, action: &str, channels: &[String], token: Option<&str>) {
-        if let Some(socket) = &self.socket {
+    fn send_command(&mut self, action: &str, channels: &[String], token: Option<&str>) {
+        if let Some(socket) = &mut self.socket {
             socket.send(&view::command(action, channels, token));
+            if action == "subscribe" {
+                socket.unanswered.push(channels.to_vec());
+            }
         }
     }
 
@@ -385,6 +393,7 @@ impl Inner {
             generation,
             opened_at: None,
             retry_after_ms: None,
+            unanswered: Vec::new(),
             _handlers: handlers,
         });
         // A socket that never opens is caught by the same wall-clock deadline as a silent one.
@@ -480,6 +489,21 @@ impl Inner {
             ServerMessage::Subscribed(list) => {
                 for name in &list.channels {
                     self.set_channel(name, ChannelState::Subscribed);
+                }
+                let answered = self
+                    .socket
+                    .as_mut()
+                    .filter(|socket| !socket.unanswered.is_empty())
+                    .map(|socket| socket.unanswered.remove(0))
+                    .unwrap_or_default();
+                for name in answered {
+                    let still_pending = self
+                        .channels
+                        .iter()
+                        .any(|(known, state)| *known == name && *state == ChannelState::Pending);
+                    if still_pending {
+                        self.set_channel(&name, ChannelState::Denied);
+                    }
                 }
                 self.check_resync_done();
             }

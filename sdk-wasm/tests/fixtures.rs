@@ -15,7 +15,14 @@ wasm_bindgen_test_configure!(run_in_browser);
 
 macro_rules! fixture {
     ($folder:literal, $name:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/tests/fixtures/", $folder, "/", $name, ".json"))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../protocol/tests/fixtures/",
+            $folder,
+            "/",
+            $name,
+            ".json"
+        ))
     };
 }
 
@@ -31,7 +38,10 @@ fn parse(text: &str) -> JsValue {
 fn frame(text: &str) -> Vec<ServerMessage> {
     let value = parse(text);
     if js_sys::Array::is_array(&value) {
-        js_sys::Array::from(&value).iter().map(|item| decode::message(&item).expect("fixture decodes")).collect()
+        js_sys::Array::from(&value)
+            .iter()
+            .map(|item| decode::message(&item).expect("fixture decodes"))
+            .collect()
     } else {
         vec![decode::message(&value).expect("fixture decodes")]
     }
@@ -83,61 +93,114 @@ fn every_seed_fixture_decodes() {
         assert!(decode::message(&parse(text)).is_some(), "{text}");
     }
     // The seed's update predates `seq`; it decodes as seq 0.
-    let ServerMessage::EventUpdated(update) = one(fixture!("seed", "event_updated")) else { panic!() };
+    let ServerMessage::EventUpdated(update) = one(fixture!("seed", "event_updated")) else {
+        panic!()
+    };
     assert_eq!(update.seq, 0);
     assert_eq!(update.closes_at, None);
 }
 
 #[wasm_bindgen_test]
 fn decoded_fields_match_the_fixtures() {
-    let ServerMessage::EventCreated(created) = one(fixture!("server", "event_created")) else { panic!() };
+    let ServerMessage::EventCreated(created) = one(fixture!("server", "event_created")) else {
+        panic!()
+    };
     let event = created.event;
     assert_eq!(event.id, id(EVENT));
     assert_eq!(event.streamer_id, id(STREAMER));
-    assert_eq!(event.game_id, Some(id("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e")));
+    assert_eq!(
+        event.game_id,
+        Some(id("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"))
+    );
     assert_eq!(event.options.len(), 2);
     assert_eq!(event.options[0].id, "yes");
     assert_eq!(event.options[1].label, "No, wipe again");
     assert_eq!(event.cost_per_vote, 100);
-    assert_eq!(event.closes_at, Timestamp("2026-11-26T12:00:00.000Z".into()));
-    assert_eq!(event.prompt_versions.unwrap().get("session").map(String::as_str), Some("v12"));
+    assert_eq!(
+        event.closes_at,
+        Timestamp("2026-11-26T12:00:00.000Z".into())
+    );
+    assert_eq!(
+        event
+            .prompt_versions
+            .unwrap()
+            .get("session")
+            .map(String::as_str),
+        Some("v12")
+    );
 
-    let ServerMessage::EventUpdated(update) = one(fixture!("server", "event_updated")) else { panic!() };
-    assert_eq!((update.seq, update.totals["yes"], update.totals["no"]), (210, 123, 87));
-
-    let ServerMessage::SystemNotice(notice) = one(fixture!("server", "system_notice")) else { panic!() };
-    assert_eq!((notice.code.as_str(), notice.retry_after_ms), ("SERVER_RESTARTING", Some(2817)));
-    let ServerMessage::SystemNotice(denied) = one(fixture!("server", "system_notice_subscribe_denied")) else {
+    let ServerMessage::EventUpdated(update) = one(fixture!("server", "event_updated")) else {
         panic!()
     };
-    assert_eq!(denied.channel.as_deref(), Some("user:9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"));
-    let ServerMessage::Subscribed(list) = one(fixture!("server", "subscribed")) else { panic!() };
+    assert_eq!(
+        (update.seq, update.totals["yes"], update.totals["no"]),
+        (210, 123, 87)
+    );
+
+    let ServerMessage::SystemNotice(notice) = one(fixture!("server", "system_notice")) else {
+        panic!()
+    };
+    assert_eq!(
+        (notice.code.as_str(), notice.retry_after_ms),
+        ("SERVER_RESTARTING", Some(2817))
+    );
+    let ServerMessage::SystemNotice(denied) =
+        one(fixture!("server", "system_notice_subscribe_denied"))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        denied.channel.as_deref(),
+        Some("user:9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a")
+    );
+    let ServerMessage::Subscribed(list) = one(fixture!("server", "subscribed")) else {
+        panic!()
+    };
     assert_eq!(list.channels.len(), 2);
 }
 
 #[wasm_bindgen_test]
 fn unknown_types_and_malformed_payloads_are_dropped() {
     assert!(decode::message(&parse(r#"{"type":"FEATURE_FLAGS","payload":{}}"#)).is_none());
-    assert!(decode::message(&parse(r#"{"type":"EVENT_UPDATED","payload":{"eventId":"nope","totals":{}}}"#)).is_none());
+    assert!(decode::message(&parse(
+        r#"{"type":"EVENT_UPDATED","payload":{"eventId":"nope","totals":{}}}"#
+    ))
+    .is_none());
     assert!(decode::message(&parse(
         r#"{"type":"EVENT_UPDATED","payload":{"eventId":"3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01","totals":{"a":1.5}}}"#
     ))
     .is_none());
-    assert!(decode::message(&parse(r#"{"type":"BALANCE_UPDATED","payload":{"balance":"12"}}"#)).is_none());
+    assert!(decode::message(&parse(
+        r#"{"type":"BALANCE_UPDATED","payload":{"balance":"12"}}"#
+    ))
+    .is_none());
     assert!(decode::message(&parse("[]")).is_none());
     // Unknown fields are ignored.
-    assert!(decode::message(&parse(r#"{"type":"PING","payload":{"ts":"2026-11-26T11:59:40.000Z","extra":[1]}}"#)).is_some());
+    assert!(decode::message(&parse(
+        r#"{"type":"PING","payload":{"ts":"2026-11-26T11:59:40.000Z","extra":[1]}}"#
+    ))
+    .is_some());
 }
 
 #[wasm_bindgen_test]
 fn created_then_updated_then_closed() {
     let mut store = Store::default();
-    assert_eq!(store.apply(&one(fixture!("server", "event_created"))), Change::Event(id(EVENT)));
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_created"))),
+        Change::Event(id(EVENT))
+    );
     let state = store.get(id(EVENT)).unwrap();
     assert!(!state.closed && state.seq.is_none());
-    assert_eq!((state.totals["yes"], state.totals["no"]), (0, 0), "every option starts at zero");
+    assert_eq!(
+        (state.totals["yes"], state.totals["no"]),
+        (0, 0),
+        "every option starts at zero"
+    );
 
-    assert_eq!(store.apply(&one(fixture!("server", "event_updated"))), Change::Event(id(EVENT)));
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_updated"))),
+        Change::Event(id(EVENT))
+    );
     assert_eq!(store.get(id(EVENT)).unwrap().totals["yes"], 123);
 
     // The batch carries seq 214 for this event and an update for an event never created.
@@ -146,13 +209,23 @@ fn created_then_updated_then_closed() {
     }
     let state = store.get(id(EVENT)).unwrap();
     assert_eq!((state.seq, state.totals["yes"]), (Some(214), 125));
-    assert!(store.get(id(OTHER_EVENT)).is_none(), "an update without EVENT_CREATED is not shown");
+    assert!(
+        store.get(id(OTHER_EVENT)).is_none(),
+        "an update without EVENT_CREATED is not shown"
+    );
 
-    assert_eq!(store.apply(&one(fixture!("server", "event_closed"))), Change::Event(id(EVENT)));
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_closed"))),
+        Change::Event(id(EVENT))
+    );
     let state = store.get(id(EVENT)).unwrap();
     assert!(state.closed);
     assert_eq!(state.result.as_ref().unwrap().option_id, "yes");
-    assert_eq!((state.totals["yes"], state.totals["no"]), (456, 300), "the result's totals are final");
+    assert_eq!(
+        (state.totals["yes"], state.totals["no"]),
+        (456, 300),
+        "the result's totals are final"
+    );
 }
 
 #[wasm_bindgen_test]
@@ -165,7 +238,10 @@ fn stale_and_duplicate_updates_are_dropped() {
     assert_eq!(store.get(id(EVENT)).unwrap().totals["yes"], 50);
     assert_eq!(store.apply(&update(6, 60)), Change::Event(id(EVENT)));
     // A second EVENT_CREATED (a snapshot overlapping a live message) keeps totals and seq.
-    assert_eq!(store.apply(&one(fixture!("server", "event_created"))), Change::Nothing);
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_created"))),
+        Change::Nothing
+    );
     assert_eq!(store.get(id(EVENT)).unwrap().seq, Some(6));
 }
 
@@ -175,18 +251,35 @@ fn closed_is_terminal() {
     store.apply(&one(fixture!("server", "event_created")));
     store.apply(&one(fixture!("server", "event_closed")));
     let closed = store.get(id(EVENT)).unwrap().clone();
-    assert_eq!(store.apply(&update(1_000, 1)), Change::Nothing, "no update after EVENT_CLOSED");
-    assert_eq!(store.apply(&one(fixture!("server", "event_closed"))), Change::Nothing);
-    assert_eq!(store.apply(&one(fixture!("server", "event_created"))), Change::Nothing);
+    assert_eq!(
+        store.apply(&update(1_000, 1)),
+        Change::Nothing,
+        "no update after EVENT_CLOSED"
+    );
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_closed"))),
+        Change::Nothing
+    );
+    assert_eq!(
+        store.apply(&one(fixture!("server", "event_created"))),
+        Change::Nothing
+    );
     assert_eq!(store.get(id(EVENT)).unwrap(), &closed);
 }
 
 #[wasm_bindgen_test]
 fn balance_follows_balance_updated() {
     let mut store = Store::default();
-    assert_eq!(store.apply(&one(fixture!("server", "balance_updated"))), Change::Balance);
+    assert_eq!(
+        store.apply(&one(fixture!("server", "balance_updated"))),
+        Change::Balance
+    );
     assert_eq!(store.balance(), Some(12_345));
-    assert_eq!(store.apply(&one(fixture!("seed", "balance_updated"))), Change::Nothing, "same value");
+    assert_eq!(
+        store.apply(&one(fixture!("seed", "balance_updated"))),
+        Change::Nothing,
+        "same value"
+    );
 }
 
 /// After a reconnect: the fresh snapshot replaces the old state; an open event missing from it
@@ -221,14 +314,22 @@ fn a_fresh_snapshot_replaces_the_stale_state() {
     fresh.apply(&update(2, 7));
     fresh.apply(&created(OTHER_EVENT, STREAMER));
 
-    let adoption = old.adopt(fresh, |state| state.is_carried_by(&format!("streamer:{STREAMER}")));
+    let adoption = old.adopt(fresh, |state| {
+        state.is_carried_by(&format!("streamer:{STREAMER}"))
+    });
     assert_eq!(adoption.to_verify, vec![id(missing_open)]);
     assert_eq!(adoption.removed, vec![id(uncarried)]);
     assert!(adoption.changed.contains(&id(EVENT)) && adoption.changed.contains(&id(OTHER_EVENT)));
     let state = old.get(id(EVENT)).unwrap();
-    assert_eq!((state.seq, state.totals["yes"], state.stale), (Some(2), 7, false));
+    assert_eq!(
+        (state.seq, state.totals["yes"], state.stale),
+        (Some(2), 7, false)
+    );
     assert!(old.get(id(missing_closed)).unwrap().closed);
-    assert!(old.get(id(missing_open)).unwrap().stale, "stays visible, stale, until verified");
+    assert!(
+        old.get(id(missing_open)).unwrap().stale,
+        "stays visible, stale, until verified"
+    );
     assert_eq!(old.events().len(), 4);
 
     // GET /api/events/{id} says it closed meanwhile.

@@ -433,6 +433,21 @@ describe("scripted server", () => {
       assert.deepEqual(result.removed, [EVENT_A]);
     }));
 
+  test("a channel its SUBSCRIBED answer leaves out counts as denied, not pending forever", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        await start({ channels: [`user:${USER}`] });
+        const socket = await waitFor(() => window.lastSocket(), "a socket");
+        socket.open();
+        await waitFor(() => socket.commands("subscribe").length > 0, "subscribe");
+        socket.receive({ type: "SUBSCRIBED", payload: { channels: [`streamer:${STREAMER}`] } });
+        await client.ready();
+        return { channels: client.channels(), state: client.status().state };
+      });
+      assert.deepEqual(result.channels, { [`streamer:${STREAMER}`]: "subscribed", [`user:${USER}`]: "denied" });
+      assert.equal(result.state, "live");
+    }));
+
   test("vote(): typed errors, balance, one retry with a new token on 401 under the same key", () =>
     withPage(async (page) => {
       const requests = [];
