@@ -229,10 +229,12 @@ impl Store for SqliteStore {
 
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
         self.queries.add(1);
-        let balance = sqlx::query_scalar("SELECT balance FROM balances WHERE user_id = ?")
-            .bind(user_id)
-            .fetch_optional(&self.readers)
-            .await?;
+        let balance = sqlx::query_scalar(
+            "SELECT balance FROM ledger WHERE user_id = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.readers)
+        .await?;
         Ok(balance)
     }
 

@@ -25,19 +25,21 @@ CREATE INDEX events_by_closes_at ON events (closes_at);
 CREATE INDEX events_by_closed_at ON events (closed_at);
 CREATE INDEX events_by_status ON events (status);
 
--- One row per user known to the ledger; `balance` is the sum of the user's ledger entries,
--- kept here so that a vote needs no aggregate.
-CREATE TABLE balances (
+-- Every user known to the ledger. A user's balance is not stored here but on the user's latest
+-- ledger entry (see `ledger.balance`), so that a vote writes no row at a random place beyond the
+-- ones the ledger and its index need anyway.
+CREATE TABLE users (
     user_id    BLOB PRIMARY KEY NOT NULL,
-    balance    INTEGER NOT NULL CHECK (balance >= 0),
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 -- Append-only: the triggers below refuse every UPDATE and DELETE.
 CREATE TABLE ledger (
     id         INTEGER PRIMARY KEY,
-    user_id    BLOB NOT NULL REFERENCES balances (user_id),
+    user_id    BLOB NOT NULL REFERENCES users (user_id),
     amount     INTEGER NOT NULL,
+    -- The user's balance after this entry: the sum of the user's amounts up to and including it.
+    balance    INTEGER NOT NULL CHECK (balance >= 0),
     kind       TEXT NOT NULL CHECK (kind IN ('initial_credit', 'vote_debit', 'admin_credit')),
     event_id   BLOB REFERENCES events (id),
     reason     TEXT,
@@ -45,7 +47,8 @@ CREATE TABLE ledger (
     CHECK (CASE kind WHEN 'vote_debit' THEN amount < 0 WHEN 'admin_credit' THEN amount > 0 ELSE amount >= 0 END)
 );
 
-CREATE INDEX ledger_by_user ON ledger (user_id, id);
+-- Covers "the user's entries in order" and "the user's current balance" (its last entry).
+CREATE INDEX ledger_by_user ON ledger (user_id, id, balance);
 
 CREATE TRIGGER ledger_refuses_update BEFORE UPDATE ON ledger
 BEGIN
@@ -61,7 +64,7 @@ END;
 CREATE TABLE votes (
     id         INTEGER PRIMARY KEY,
     event_id   BLOB NOT NULL REFERENCES events (id),
-    user_id    BLOB NOT NULL REFERENCES balances (user_id),
+    user_id    BLOB NOT NULL REFERENCES users (user_id),
     option_id  TEXT NOT NULL,
     votes      INTEGER NOT NULL CHECK (votes >= 1),
     cost       INTEGER NOT NULL CHECK (cost >= 0),

@@ -24,7 +24,7 @@ use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use super::codec::{
-    event_from_row, from_json, kind_name, status_name, to_json, to_nanos, AnswerKind,
+    corrupt, event_from_row, from_json, kind_name, status_name, to_json, to_nanos, AnswerKind,
     StoredCreditAnswer, StoredVoteAnswer, EVENT_COLUMNS,
 };
 use super::QueryCounter;
@@ -156,7 +156,8 @@ struct Batch {
     /// Idempotency answers: those the database holds for this batch's keys, and those the batch
     /// adds (`fresh`), so that a repeat within the same batch replays too.
     answers: HashMap<(Uuid, String), Answer>,
-    dirty_balances: HashSet<Uuid>,
+    /// Users first seen in this batch.
+    new_users: Vec<Uuid>,
     dirty_events: HashSet<Uuid>,
     ledger: Vec<LedgerRow>,
     votes: Vec<VoteRow>,
@@ -173,6 +174,8 @@ struct Answer {
 struct LedgerRow {
     user_id: Uuid,
     amount: i64,
+    /// The user's balance after this entry.
+    balance: i64,
     kind: LedgerEntryKind,
     event_id: Option<Uuid>,
     reason: Option<String>,
@@ -222,7 +225,10 @@ impl Writer {
             };
             match received {
                 Some(0) => break,
-                Some(_) => self.run_batch(&mut commands).await,
+                Some(_) => {
+                    gather_stragglers(&mut receiver, &mut commands).await;
+                    self.run_batch(&mut commands).await;
+                }
                 None => self.purge_expired_keys(&receiver).await,
             }
         }
@@ -235,7 +241,7 @@ impl Writer {
         let mut batch = Batch {
             now: Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
             answers: HashMap::new(),
-            dirty_balances: HashSet::new(),
+            new_users: Vec::new(),
             dirty_events: HashSet::new(),
             ledger: Vec::new(),
             votes: Vec::new(),
@@ -269,21 +275,21 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let Writer { connection, state } = self;
         state.trim_caches();
-        state.queries.add(1);
-        // IMMEDIATE takes the write lock now, so that the data_version check below and every
-        // read that follows see the state this batch will commit on top of.
-        let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
-        state.check_data_version(&mut transaction).await?;
-        state
-            .prefetch(&mut transaction, commands.as_slice(), batch)
+        // IMMEDIATE takes the write lock now, so that the data_version read in the same round
+        // trip, and every read that follows, see the state this batch will commit on top of.
+        state.queries.add(2);
+        let version: i64 = sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
+            .fetch_one(&mut *connection)
             .await?;
-        for command in commands.by_ref() {
-            state.apply(&mut transaction, command, batch).await?;
+        let written = state.write(connection, version, commands, batch).await;
+        if written.is_err() {
+            // The transaction is still open unless the failure was the COMMIT itself.
+            state.queries.add(1);
+            if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                tracing::debug!(%error, "rolling back a failed batch");
+            }
         }
-        state.flush(&mut transaction, batch).await?;
-        state.queries.add(1);
-        transaction.commit().await?;
-        Ok(())
+        written
     }
 
     async fn purge_expired_keys(&mut self, receiver: &mpsc::Receiver<Command>) {
@@ -334,25 +340,28 @@ impl State {
         }
     }
 
-    async fn check_data_version(
+    /// Everything of a batch after BEGIN, COMMIT included.
+    async fn write(
         &mut self,
         connection: &mut SqliteConnection,
+        data_version: i64,
+        commands: &mut std::vec::Drain<'_, Command>,
+        batch: &mut Batch,
     ) -> Result<(), StoreError> {
-        self.queries.add(1);
-        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&mut *connection)
-            .await?;
-        if self.data_version != Some(version) {
+        if self.data_version != Some(data_version) {
             if self.data_version.is_some() {
-                tracing::debug!(
-                    "another connection wrote to the database; reloading the writer's cache"
-                );
+                tracing::debug!("another connection wrote to the database; reloading the cache");
                 self.balances.clear();
                 self.events.clear();
             }
-            self.data_version = Some(version);
+            self.data_version = Some(data_version);
         }
-        Ok(())
+        self.prefetch(connection, commands.as_slice(), batch)
+            .await?;
+        for command in commands.by_ref() {
+            self.apply(connection, command, batch).await?;
+        }
+        self.flush_and_commit(connection, batch).await
     }
 
     /// Loads, in a few statements, everything the batch's commands will look at and the cache
@@ -396,8 +405,11 @@ impl State {
         keys.dedup();
 
         for chunk in users.chunks(ROWS_PER_STATEMENT) {
+            // A known user always has an entry (the initial credit), and the latest one holds
+            // the balance.
             let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT user_id, balance FROM balances WHERE user_id IN (",
+                "SELECT user_id, (SELECT balance FROM ledger WHERE ledger.user_id = users.user_id \
+                 ORDER BY id DESC LIMIT 1) AS balance FROM users WHERE user_id IN (",
             );
             let mut list = query.separated(", ");
             for user_id in chunk {
@@ -406,8 +418,11 @@ impl State {
             query.push(")");
             self.queries.add(1);
             for row in query.build().fetch_all(&mut *connection).await? {
-                self.balances
-                    .insert(row.try_get("user_id")?, row.try_get("balance")?);
+                let user_id: Uuid = row.try_get("user_id")?;
+                let balance: Option<i64> = row.try_get("balance")?;
+                let balance = balance
+                    .ok_or_else(|| corrupt(format!("user {user_id} has no ledger entry")))?;
+                self.balances.insert(user_id, balance);
             }
         }
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
@@ -501,10 +516,11 @@ impl State {
             return *balance;
         }
         self.balances.insert(user_id, initial_balance);
-        batch.dirty_balances.insert(user_id);
+        batch.new_users.push(user_id);
         batch.ledger.push(LedgerRow {
             user_id,
             amount: initial_balance,
+            balance: initial_balance,
             kind: LedgerEntryKind::InitialCredit,
             event_id: None,
             reason: None,
@@ -564,13 +580,13 @@ impl State {
 
         let balance = balance - needed;
         self.balances.insert(user_id, balance);
-        batch.dirty_balances.insert(user_id);
         *record.totals.entry(option_id.clone()).or_insert(0) += u64::from(votes);
         record.seq += 1;
         batch.dirty_events.insert(event_id);
         batch.ledger.push(LedgerRow {
             user_id,
             amount: -needed,
+            balance,
             kind: LedgerEntryKind::VoteDebit,
             event_id: Some(event_id),
             reason: None,
@@ -636,10 +652,10 @@ impl State {
             ))));
         };
         self.balances.insert(user_id, balance);
-        batch.dirty_balances.insert(user_id);
         batch.ledger.push(LedgerRow {
             user_id,
             amount,
+            balance,
             kind: LedgerEntryKind::AdminCredit,
             event_id: None,
             reason: Some(reason),
@@ -816,51 +832,57 @@ impl State {
         Ok(record)
     }
 
-    /// Writes everything the batch changed, a few hundred rows per statement.
-    async fn flush(
+    /// Writes everything the batch changed and commits, in one round trip to the connection's
+    /// thread: a few multi-row statements of up to [`ROWS_PER_STATEMENT`] rows, then COMMIT.
+    async fn flush_and_commit(
         &mut self,
         connection: &mut SqliteConnection,
         batch: &Batch,
     ) -> Result<(), StoreError> {
-        // Balances first: ledger entries and votes refer to their rows.
-        let mut balances = Vec::with_capacity(batch.dirty_balances.len());
-        for user_id in &batch.dirty_balances {
-            let balance = self.balances.get(user_id).copied().ok_or_else(|| {
-                StoreError::Database(format!("the balance of {user_id} left the cache mid-batch"))
+        let mut events = Vec::with_capacity(batch.dirty_events.len());
+        for event_id in &batch.dirty_events {
+            let record = self.events.get(event_id).ok_or_else(|| {
+                StoreError::Database(format!("event {event_id} left the cache mid-batch"))
             })?;
-            balances.push((*user_id, balance));
+            events.push((*event_id, to_json(&record.totals)?, seq_column(record.seq)?));
         }
-        for chunk in balances.chunks(ROWS_PER_STATEMENT) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("INSERT INTO balances (user_id, balance, created_at) ");
-            query.push_values(chunk, |mut row, (user_id, balance)| {
-                row.push_bind(*user_id)
-                    .push_bind(*balance)
-                    .push_bind(batch.now);
-            });
-            query.push(" ON CONFLICT (user_id) DO UPDATE SET balance = excluded.balance");
-            self.execute(connection, query).await?;
-        }
+        let fresh: Vec<_> = batch
+            .answers
+            .iter()
+            .filter(|(_, answer)| answer.fresh)
+            .collect();
 
+        let mut query = QueryBuilder::<Sqlite>::new("");
+        let mut statements = 1;
+        // Users first: ledger entries and votes refer to them.
+        for chunk in batch.new_users.chunks(ROWS_PER_STATEMENT) {
+            statements += 1;
+            query.push("INSERT INTO users (user_id, created_at) ");
+            query.push_values(chunk, |mut row, user_id| {
+                row.push_bind(*user_id).push_bind(batch.now);
+            });
+            query.push("; ");
+        }
         for chunk in batch.ledger.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO ledger (user_id, amount, kind, event_id, reason, created_at) ",
+            statements += 1;
+            query.push(
+                "INSERT INTO ledger (user_id, amount, balance, kind, event_id, reason, created_at) ",
             );
             query.push_values(chunk, |mut row, entry| {
                 row.push_bind(entry.user_id)
                     .push_bind(entry.amount)
+                    .push_bind(entry.balance)
                     .push_bind(kind_name(entry.kind))
                     .push_bind(entry.event_id)
                     .push_bind(entry.reason.as_deref())
                     .push_bind(entry.created_at);
             });
-            self.execute(connection, query).await?;
+            query.push("; ");
         }
-
         for chunk in batch.votes.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO votes (event_id, user_id, option_id, votes, cost, created_at) ",
-            );
+            statements += 1;
+            query
+                .push("INSERT INTO votes (event_id, user_id, option_id, votes, cost, created_at) ");
             query.push_values(chunk, |mut row, vote| {
                 row.push_bind(vote.event_id)
                     .push_bind(vote.user_id)
@@ -869,36 +891,21 @@ impl State {
                     .push_bind(vote.cost)
                     .push_bind(vote.created_at);
             });
-            self.execute(connection, query).await?;
-        }
-
-        let mut events = Vec::with_capacity(batch.dirty_events.len());
-        for event_id in &batch.dirty_events {
-            let record = self.events.get(event_id).ok_or_else(|| {
-                StoreError::Database(format!("event {event_id} left the cache mid-batch"))
-            })?;
-            events.push((*event_id, to_json(&record.totals)?, seq_column(record.seq)?));
+            query.push("; ");
         }
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "UPDATE events SET totals = batch.column2, seq = batch.column3 FROM (",
-            );
+            statements += 1;
+            query.push("UPDATE events SET totals = batch.column2, seq = batch.column3 FROM (");
             query.push_values(chunk, |mut row, (event_id, totals, seq)| {
                 row.push_bind(*event_id)
                     .push_bind(totals.as_str())
                     .push_bind(*seq);
             });
-            query.push(") AS batch WHERE events.id = batch.column1");
-            self.execute(connection, query).await?;
+            query.push(") AS batch WHERE events.id = batch.column1; ");
         }
-
-        let fresh: Vec<_> = batch
-            .answers
-            .iter()
-            .filter(|(_, answer)| answer.fresh)
-            .collect();
         for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
+            statements += 1;
+            query.push(
                 "INSERT INTO idempotency_keys (scope, key, kind, fingerprint, response, created_at) ",
             );
             query.push_values(chunk, |mut row, ((scope, key), answer)| {
@@ -909,17 +916,10 @@ impl State {
                     .push_bind(answer.response.as_str())
                     .push_bind(batch.now);
             });
-            self.execute(connection, query).await?;
+            query.push("; ");
         }
-        Ok(())
-    }
-
-    async fn execute(
-        &self,
-        connection: &mut SqliteConnection,
-        mut query: QueryBuilder<'_, Sqlite>,
-    ) -> Result<(), StoreError> {
-        self.queries.add(1);
+        query.push("COMMIT");
+        self.queries.add(statements);
         query.build().execute(&mut *connection).await?;
         Ok(())
     }
@@ -953,4 +953,22 @@ fn leading_option(record: &EventRecord) -> String {
 
 fn seq_column(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Database(format!("seq {seq} does not fit a column")))
+}
+
+/// Callers answered by the previous batch are just now sending their next command. Letting them
+/// run before this batch starts makes it bigger, and one more command in a batch costs far less
+/// than one more commit; when nobody else is waiting to run, this costs a few microseconds.
+async fn gather_stragglers(receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
+    for _ in 0..2 {
+        if commands.len() >= MAX_BATCH {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while commands.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(command) => commands.push(command),
+                Err(_) => break,
+            }
+        }
+    }
 }
