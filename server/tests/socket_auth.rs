@@ -213,3 +213,11 @@ async fn refresh_replaces_the_token_and_a_bad_refresh_keeps_the_old_one() {
     );
     assert_eq!(code, Some(4002));
 }
+
+#[tokio::test]
+async fn a_plain_http_get_of_the_socket_path_gets_the_error_body() {
+    let server = TestServer::start().await;
+    let (status, body) = call(&server.state, get("/realtime", None)).await;
+    assert_eq!(status.as_u16(), 400);
+    assert_eq!(body["error"]["code"], "BAD_REQUEST");
+}

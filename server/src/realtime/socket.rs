@@ -72,7 +72,12 @@ pub async fn upgrade(
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            // Not a WebSocket handshake: the contract's error body, with axum's status.
+            let mut response = AppError::bad_request(rejection.body_text()).into_response();
+            *response.status_mut() = rejection.status();
+            return response;
+        }
     };
     if state.shutdown.is_cancelled() {
         return unavailable(Refusal::Restarting);
