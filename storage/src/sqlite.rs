@@ -276,14 +276,18 @@ impl Store for SqliteStore {
         &self,
         closed_since: DateTime<Utc>,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        // Two ranges of one index rather than an OR, which SQLite would answer with a scan.
         let mut query = QueryBuilder::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE status = "
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id IN \
+             (SELECT id FROM events WHERE status = "
         ));
         query
             .push_bind(status_name(EventStatus::Open))
-            .push(" OR closed_at >= ")
+            .push(" UNION ALL SELECT id FROM events WHERE status = ")
+            .push_bind(status_name(EventStatus::Closed))
+            .push(" AND closed_at >= ")
             .push_bind(to_nanos(closed_since)?)
-            .push(" ORDER BY closes_at, created_at");
+            .push(") ORDER BY closes_at, created_at");
         self.read_events(query).await
     }
 

@@ -22,8 +22,8 @@ CREATE TABLE events (
 
 CREATE INDEX events_by_streamer ON events (streamer_id, closes_at);
 CREATE INDEX events_by_closes_at ON events (closes_at);
-CREATE INDEX events_by_closed_at ON events (closed_at);
-CREATE INDEX events_by_status ON events (status);
+-- Serves both "every open event" and "closed since", the two halves of live_events.
+CREATE INDEX events_by_status ON events (status, closed_at);
 
 -- Every user known to the ledger. A user's balance is not stored here but on the user's latest
 -- ledger entry (see `ledger.balance`), so that a vote writes no row at a random place beyond the

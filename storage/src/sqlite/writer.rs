@@ -441,13 +441,18 @@ impl State {
             }
         }
         for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            // A join with the wanted pairs, because `(scope, key) IN (VALUES ...)` scans the table.
             let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT scope, key, kind, fingerprint, response FROM idempotency_keys WHERE (scope, key) IN (",
+                "SELECT k.scope AS scope, k.key AS key, k.kind AS kind, k.fingerprint AS fingerprint, \
+                 k.response AS response FROM (",
             );
             query.push_values(chunk, |mut row, (scope, key)| {
                 row.push_bind(*scope).push_bind(*key);
             });
-            query.push(")");
+            query.push(
+                ") AS wanted JOIN idempotency_keys AS k \
+                 ON k.scope = wanted.column1 AND k.key = wanted.column2",
+            );
             self.queries.add(1);
             for row in query.build().fetch_all(&mut *connection).await? {
                 let answer = Answer {
