@@ -87,7 +87,10 @@ fn start(extra: &[&str], environment: &[(&str, &str)]) -> Running {
             "no `listening on` line within 30 s"
         );
         let line = lines.next().expect("stdout open").expect("utf-8");
-        if let Some(address) = line.strip_prefix("listening on http://") {
+        let announced = line
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_once("://"));
+        if let Some((_scheme, address)) = announced {
             break address.trim().to_owned();
         }
     };
@@ -145,7 +148,8 @@ async fn tokens_never_appear_in_logs() {
         .send()
         .await
         .unwrap();
-    assert_eq!(answer.status(), 200);
+    let status = answer.status();
+    assert_eq!(status, 200, "{}", answer.text().await.unwrap_or_default());
     let socket_url = format!("ws://{}/realtime?token={token}", running.address);
     if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(socket_url).await {
         let _ = socket.close(None).await;
@@ -218,35 +222,21 @@ fn tls_serves_https_when_cert_and_key_are_given() {
         String::from_utf8_lossy(&generated.stderr)
     );
 
-    let mut command = Command::new(BINARY);
-    command
-        .args([
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "sqlite::memory:",
-        ])
-        .arg("--tls-cert")
-        .arg(&certificate)
-        .arg("--tls-key")
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    let address = line
-        .strip_prefix("listening on https://")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_owned();
+    let mut running = start(
+        &[
+            "--tls-cert",
+            certificate.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
     let answer = Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
         .arg(&certificate)
-        .arg(format!("https://{address}/healthz"))
+        .arg(format!("https://{}/healthz", running.address))
         .output()
         .unwrap();
-    let mut running = Running { child, address };
     assert!(
         answer.status.success(),
         "{}",

@@ -444,14 +444,7 @@ async fn idempotent_votes_replay_the_first_answer_and_debit_once() {
     let event = create_event(&state, Uuid::new_v4(), 60).await;
     let viewer = mint(&state, Role::Viewer, Uuid::new_v4(), None);
     let path = format!("/api/events/{event}/votes");
-    let vote = |body: Value, key: &str| {
-        Request::post(path.as_str())
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {viewer}"))
-            .header("idempotency-key", key)
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let vote = |body: Value, key: &str| post_with_key(&path, &viewer, &body, Some(key));
     let (status, first) = call(
         &state,
         vote(json!({"optionId": "red", "votes": 2}), "key-1"),
@@ -516,15 +509,7 @@ async fn closing_picks_the_winner_and_is_repeatable() {
 
     // Most votes wins.
     let event = create_event(&state, streamer_id, 60).await;
-    call(
-        &state,
-        post(
-            &format!("/api/events/{event}/votes"),
-            Some(&viewer),
-            &json!({"optionId": "blue", "votes": 2}),
-        ),
-    )
-    .await;
+    vote(&state, &viewer, event, "blue", 2).await;
     let (_, body) = call(
         &state,
         post(
@@ -583,13 +568,7 @@ async fn admins_credit_balances_idempotently() {
     let viewer = mint(&state, Role::Viewer, Uuid::new_v4(), None);
     let user = Uuid::new_v4();
     let credit = |token: &str, body: Value, key: Option<&str>| {
-        let mut builder = Request::post("/api/ledger/credit")
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(key) = key {
-            builder = builder.header("idempotency-key", key);
-        }
-        builder.body(Body::from(body.to_string())).unwrap()
+        post_with_key("/api/ledger/credit", token, &body, key)
     };
     let body = json!({"userId": user, "amount": 500, "reason": "giveaway"});
     let (status, answer) = call(&state, credit(&admin, body.clone(), Some("grant-1"))).await;

@@ -93,15 +93,7 @@ async fn a_timer_closes_the_event_at_closes_at_with_the_right_result() {
     let state = router_state(test_config()).await;
     let event = create_event(&state, Uuid::new_v4(), 1).await;
     let viewer = mint(&state, Role::Viewer, Uuid::new_v4(), None);
-    call(
-        &state,
-        post(
-            &format!("/api/events/{event}/votes"),
-            Some(&viewer),
-            &json!({"optionId": "blue", "votes": 3}),
-        ),
-    )
-    .await;
+    vote(&state, &viewer, event, "blue", 3).await;
     let record = wait_until_closed(&state, event).await;
     assert_eq!(record.result.unwrap().option_id, "blue");
     assert!(

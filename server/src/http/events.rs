@@ -11,13 +11,13 @@ use livevote_protocol::{
     CloseRequest, CloseResponse, Event, EventEnvelope, EventList, EventOption, EventStatus,
     EventView, VoteResponse,
 };
-use livevote_storage::{CreateOutcome, EventFilter, EventRecord, IdempotencyKey, VoteCommand};
+use livevote_storage::{CreateOutcome, EventFilter, EventRecord, VoteCommand};
 use serde::Deserialize;
 use serde_json::Number;
 use uuid::Uuid;
 
 use super::extract::{
-    request_fingerprint, Authenticated, IdempotencyKeyHeader, JsonBody, OptionalJsonBody,
+    idempotency_key, Authenticated, IdempotencyKeyHeader, JsonBody, OptionalJsonBody,
 };
 use crate::broker::BrokerMessage;
 use crate::clock::format_timestamp;
@@ -174,18 +174,19 @@ pub async fn create(
     }
 }
 
+/// The event named by a path segment; a segment that is not a uuid names no event (404).
+async fn find_event(state: &AppState, event_id: &str) -> Result<EventRecord, AppError> {
+    let not_found = || AppError::NotFound("event not found".into());
+    let event_id = parse_uuid(event_id).ok_or_else(not_found)?;
+    state.store.get_event(event_id).await?.ok_or_else(not_found)
+}
+
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(_claims): Authenticated,
     Path(event_id): Path<String>,
 ) -> Result<Json<EventView>, AppError> {
-    let event_id =
-        parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
-    let record = state
-        .store
-        .get_event(event_id)
-        .await?
-        .ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    let record = find_event(&state, &event_id).await?;
     Ok(Json(view(record)))
 }
 
@@ -241,7 +242,7 @@ pub async fn vote(
     Authenticated(claims): Authenticated,
     Path(event_id): Path<String>,
     OriginalUri(uri): OriginalUri,
-    IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     body: JsonBody<VoteInput>,
 ) -> Result<Json<VoteResponse>, AppError> {
     if !claims.may_vote() {
@@ -259,10 +260,7 @@ pub async fn vote(
                 AppError::validation("INVALID_VOTES", "votes must be an integer 1–1000")
             })? as u32,
     };
-    let idempotency = idempotency_key.map(|key| IdempotencyKey {
-        fingerprint: request_fingerprint(uri.path(), &body.raw),
-        key,
-    });
+    let idempotency = idempotency_key(key, &uri, &body.raw);
     let receipt = state
         .store
         .cast_vote(VoteCommand {
@@ -303,13 +301,8 @@ pub async fn close(
     Path(event_id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<CloseRequest>,
 ) -> Result<Json<CloseResponse>, AppError> {
-    let event_id =
-        parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
-    let record = state
-        .store
-        .get_event(event_id)
-        .await?
-        .ok_or_else(|| AppError::NotFound("event not found".into()))?;
+    let record = find_event(&state, &event_id).await?;
+    let event_id = record.event.id;
     if !claims.may_close(record.event.streamer_id) {
         return Err(AppError::Forbidden(
             "this token may not close this event".into(),

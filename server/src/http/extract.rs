@@ -131,6 +131,18 @@ impl FromRequestParts<AppState> for IdempotencyKeyHeader {
     }
 }
 
+/// The store's view of an `Idempotency-Key`: the key and the request it was first used for.
+pub fn idempotency_key(
+    key: Option<String>,
+    uri: &axum::http::Uri,
+    body: &Value,
+) -> Option<livevote_storage::IdempotencyKey> {
+    key.map(|key| livevote_storage::IdempotencyKey {
+        fingerprint: request_fingerprint(uri.path(), body),
+        key,
+    })
+}
+
 /// A stable fingerprint of a request for idempotency: its path and its JSON body with object
 /// keys sorted (serde_json's default map is ordered), so equal JSON gives equal fingerprints.
 pub fn request_fingerprint(path: &str, body: &Value) -> String {

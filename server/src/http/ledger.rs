@@ -3,12 +3,12 @@
 use axum::extract::{OriginalUri, State};
 use axum::Json;
 use livevote_protocol::BalanceResponse;
-use livevote_storage::{CreditCommand, IdempotencyKey};
+use livevote_storage::CreditCommand;
 use serde::Deserialize;
 use serde_json::Number;
 use uuid::Uuid;
 
-use super::extract::{request_fingerprint, Authenticated, IdempotencyKeyHeader, JsonBody};
+use super::extract::{idempotency_key, Authenticated, IdempotencyKeyHeader, JsonBody};
 use crate::broker::BrokerMessage;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -42,7 +42,7 @@ pub async fn credit(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
     OriginalUri(uri): OriginalUri,
-    IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     body: JsonBody<CreditInput>,
 ) -> Result<Json<BalanceResponse>, AppError> {
     if !claims.is_admin() {
@@ -63,10 +63,7 @@ pub async fn credit(
             "reason must be 1–500 characters",
         ));
     }
-    let idempotency = idempotency_key.map(|key| IdempotencyKey {
-        fingerprint: request_fingerprint(uri.path(), &body.raw),
-        key,
-    });
+    let idempotency = idempotency_key(key, &uri, &body.raw);
     let receipt = state
         .store
         .credit(CreditCommand {

@@ -170,3 +170,30 @@ pub async fn create_event(state: &AppState, streamer: Uuid, seconds: i64) -> Uui
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["event"]["id"].as_str().unwrap().parse().unwrap()
 }
+
+/// A POST with an optional `Idempotency-Key` header.
+pub fn post_with_key(path: &str, token: &str, body: &Value, key: Option<&str>) -> Request<Body> {
+    let mut request = post(path, Some(token), body);
+    if let Some(key) = key {
+        request
+            .headers_mut()
+            .insert("idempotency-key", key.parse().unwrap());
+    }
+    request
+}
+
+/// Casts `votes` votes for `option` as the holder of `token`.
+pub async fn vote(
+    state: &AppState,
+    token: &str,
+    event: Uuid,
+    option: &str,
+    votes: u32,
+) -> (StatusCode, Value) {
+    let body = json!({"optionId": option, "votes": votes});
+    call(
+        state,
+        post(&format!("/api/events/{event}/votes"), Some(token), &body),
+    )
+    .await
+}
