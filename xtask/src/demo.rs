@@ -40,7 +40,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
 }
 
 /// Whether npm/dist is missing or older than anything it is built from.
-fn package_needs_build(root: &Path) -> bool {
+pub fn package_needs_build(root: &Path) -> bool {
     let Some(built) = tools::oldest_file_time(&root.join("npm").join("dist")) else {
         return true;
     };

@@ -87,6 +87,11 @@ fn steps() -> Vec<Step> {
 
 /// The examples' browser tests: the overlay and the viewer page against a real demo server.
 fn examples_end_to_end(root: &Path) -> Result<()> {
+    // The pages import npm/dist; when this step runs alone (`cargo xtask test examples`) the
+    // package may not have been built yet.
+    if crate::demo::package_needs_build(root) {
+        npm::run(&[])?;
+    }
     // The tests start the server and the worker example themselves; build them first so that
     // they never time out waiting for a compile.
     tools::run(
