@@ -2,7 +2,8 @@
 //! 10 events on a database file (WAL, synchronous=FULL), first with an Idempotency-Key on every
 //! vote and then without, and print votes per second. Bounded by a vote count and a time limit.
 //!
-//! Run: `cargo bench -p livevote-storage` (or `--bench votes -- VOTES` to change the count).
+//! Run: `cargo bench -p livevote-storage`; `cargo bench -p livevote-storage --bench votes --
+//! 50000 keyed` changes the count and runs only the half with keys (or `unkeyed`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,11 +23,21 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench`; a bare number among the arguments sets the vote count.
-    let votes = std::env::args()
-        .skip(1)
+    // `cargo bench` passes `--bench`; a number among the arguments sets the vote count, and
+    // `keyed` or `unkeyed` runs only that half.
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let votes = arguments
+        .iter()
         .find_map(|argument| argument.parse().ok())
         .unwrap_or(DEFAULT_VOTES);
+    let halves: Vec<bool> = [true, false]
+        .into_iter()
+        .filter(|with_keys| {
+            let only = |word: &str| arguments.iter().any(|argument| argument == word);
+            (!only("keyed") && !only("unkeyed"))
+                || only(if *with_keys { "keyed" } else { "unkeyed" })
+        })
+        .collect();
     let directory = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}", directory.path().join("bench.db").display());
     let store = Arc::new(SqliteStore::connect(&url).await.expect("open the database"));
@@ -55,7 +66,7 @@ async fn main() {
         directory.path().display()
     );
     let mut accepted = 0;
-    for with_keys in [true, false] {
+    for with_keys in halves {
         accepted += run(&store, &users, &events, votes, with_keys).await;
     }
 

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use livevote_protocol::{Event, EventResult, EventStatus, Totals};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -113,6 +114,27 @@ impl AnswerKind {
             "credit" => Ok(AnswerKind::Credit),
             other => Err(corrupt(format!("unknown idempotency kind `{other}`"))),
         }
+    }
+}
+
+/// SHA-256 of a request's fingerprint, as kept with its idempotency key: whatever the caller
+/// puts in a fingerprint, a stored key costs the same few bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub(crate) fn of(fingerprint: &str) -> Self {
+        Fingerprint(Sha256::digest(fingerprint.as_bytes()).into())
+    }
+
+    pub(crate) fn from_column(bytes: &[u8]) -> Result<Self, StoreError> {
+        <[u8; 32]>::try_from(bytes)
+            .map(Fingerprint)
+            .map_err(|_| corrupt(format!("a fingerprint of {} bytes", bytes.len())))
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

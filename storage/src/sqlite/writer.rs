@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::codec::{
     corrupt, event_from_row, from_json, kind_name, status_name, to_json, to_nanos, AnswerKind,
-    StoredCreditAnswer, StoredVoteAnswer, EVENT_COLUMNS,
+    Fingerprint, StoredCreditAnswer, StoredVoteAnswer, EVENT_COLUMNS,
 };
 use super::QueryCounter;
 use crate::{
@@ -166,7 +166,7 @@ struct Batch {
 
 struct Answer {
     kind: AnswerKind,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     response: String,
     fresh: bool,
 }
@@ -298,8 +298,8 @@ impl Writer {
         };
         loop {
             let deleted = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE (scope, key) IN \
-                 (SELECT scope, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+                "DELETE FROM idempotency_keys WHERE id IN \
+                 (SELECT id FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
             )
             .bind(cutoff)
             .bind(PURGE_ROWS)
@@ -457,7 +457,7 @@ impl State {
             for row in query.build().fetch_all(&mut *connection).await? {
                 let answer = Answer {
                     kind: AnswerKind::parse(row.try_get::<&str, _>("kind")?)?,
-                    fingerprint: row.try_get("fingerprint")?,
+                    fingerprint: Fingerprint::from_column(row.try_get::<&[u8], _>("fingerprint")?)?,
                     response: row.try_get("response")?,
                     fresh: false,
                 };
@@ -547,7 +547,9 @@ impl State {
         let balance = self.known_balance(user_id, initial_balance, batch);
         if let Some(key) = &idempotency {
             if let Some(answer) = batch.answers.get(&(user_id, key.key.clone())) {
-                if answer.kind != AnswerKind::Vote || answer.fingerprint != key.fingerprint {
+                if answer.kind != AnswerKind::Vote
+                    || answer.fingerprint != Fingerprint::of(&key.fingerprint)
+                {
                     return Ok(Err(StoreError::IdempotencyKeyReused));
                 }
                 let stored: StoredVoteAnswer = from_json(&answer.response)?;
@@ -615,7 +617,7 @@ impl State {
                 (user_id, key.key),
                 Answer {
                     kind: AnswerKind::Vote,
-                    fingerprint: key.fingerprint,
+                    fingerprint: Fingerprint::of(&key.fingerprint),
                     response,
                     fresh: true,
                 },
@@ -641,7 +643,9 @@ impl State {
         let balance = self.known_balance(user_id, initial_balance, batch);
         if let Some(key) = &idempotency {
             if let Some(answer) = batch.answers.get(&(admin_id, key.key.clone())) {
-                if answer.kind != AnswerKind::Credit || answer.fingerprint != key.fingerprint {
+                if answer.kind != AnswerKind::Credit
+                    || answer.fingerprint != Fingerprint::of(&key.fingerprint)
+                {
                     return Ok(Err(StoreError::IdempotencyKeyReused));
                 }
                 let stored: StoredCreditAnswer = from_json(&answer.response)?;
@@ -672,7 +676,7 @@ impl State {
                 (admin_id, key.key),
                 Answer {
                     kind: AnswerKind::Credit,
-                    fingerprint: key.fingerprint,
+                    fingerprint: Fingerprint::of(&key.fingerprint),
                     response,
                     fresh: true,
                 },
@@ -917,7 +921,7 @@ impl State {
                 row.push_bind(*scope)
                     .push_bind(key.as_str())
                     .push_bind(answer.kind.name())
-                    .push_bind(answer.fingerprint.as_str())
+                    .push_bind(answer.fingerprint.as_bytes())
                     .push_bind(answer.response.as_str())
                     .push_bind(batch.now);
             });
