@@ -214,6 +214,23 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
         "all rounds: delay after closesAt p50 / p99 / max (ms)",
         all.summary_ms(),
     );
+    // The server's own record of how late it closed (store commit time minus closesAt), which
+    // separates the timer and the database from the fan-out to the sockets.
+    let mut server_delays = Vec::new();
+    for quantile in ["0.5", "0.99", "1"] {
+        let name = format!("livevote_close_delay_ms{{quantile=\"{quantile}\"}}");
+        server_delays.push(bench.metric(&mut connection, &name).await?);
+    }
+    match server_delays.as_slice() {
+        [Some(p50), Some(p99), Some(max)] => report.row(
+            "server: close committed after closesAt p50 / p99 / max (ms, livevote_close_delay_ms)",
+            format!("{p50:.0} / {p99:.0} / {max:.0}"),
+        ),
+        _ => report.row(
+            "server: close delay",
+            "not exported (livevote_close_delay_ms)",
+        ),
+    }
     if let Some(p99) = all.quantile(0.99) {
         report.key("p99_ms", format!("{:.1}", millis(p99)));
         report.row(
