@@ -43,6 +43,8 @@ const MAX_CACHED_USERS: usize = 1_000_000;
 const MAX_CACHED_EVENTS: usize = 20_000;
 /// Idempotency keys must be kept at least 24 hours; the extra hour absorbs clock adjustments.
 const KEY_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(25);
+/// Longest a batch waits for callers the previous batch answered (see `gather_stragglers`).
+const STRAGGLER_WAIT: Duration = Duration::from_micros(300);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Expired keys deleted per statement, so that a purge never holds the write lock for long.
 const PURGE_ROWS: i64 = 10_000;
@@ -215,6 +217,7 @@ impl Writer {
     /// Serves commands until every sender is gone, then closes the connection.
     pub(crate) async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
+        let mut previous_batch = 0;
         let mut purge = tokio::time::interval(PURGE_EVERY);
         purge.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -226,7 +229,8 @@ impl Writer {
             match received {
                 Some(0) => break,
                 Some(_) => {
-                    gather_stragglers(&mut receiver, &mut commands).await;
+                    gather_stragglers(&mut receiver, &mut commands, previous_batch).await;
+                    previous_batch = commands.len();
                     self.run_batch(&mut commands).await;
                 }
                 None => self.purge_expired_keys(&receiver).await,
@@ -964,20 +968,28 @@ fn seq_column(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Database(format!("seq {seq} does not fit a column")))
 }
 
-/// Callers answered by the previous batch are just now sending their next command. Letting them
-/// run before this batch starts makes it bigger, and one more command in a batch costs far less
-/// than one more commit; when nobody else is waiting to run, this costs a few microseconds.
-async fn gather_stragglers(receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
-    for _ in 0..2 {
-        if commands.len() >= MAX_BATCH {
-            return;
-        }
-        tokio::task::yield_now().await;
+/// Callers answered by the previous batch are just now sending their next command. Waiting a
+/// moment for them makes this batch bigger, and one more command in a batch costs far less than
+/// one more commit. The wait ends as soon as as many commands are queued as the previous batch
+/// answered, so a lone request waits only for a couple of yields to the scheduler.
+async fn gather_stragglers(
+    receiver: &mut mpsc::Receiver<Command>,
+    commands: &mut Vec<Command>,
+    expected: usize,
+) {
+    let expected = expected.min(MAX_BATCH);
+    let started = std::time::Instant::now();
+    for attempt in 0.. {
         while commands.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(command) => commands.push(command),
                 Err(_) => break,
             }
         }
+        let waited = std::time::Instant::now() - started;
+        if commands.len() >= expected.max(1) && attempt >= 2 || waited >= STRAGGLER_WAIT {
+            return;
+        }
+        tokio::task::yield_now().await;
     }
 }
