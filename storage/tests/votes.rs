@@ -69,9 +69,11 @@ async fn concurrent_votes_never_overdraw_on_a_file() {
     let store = Arc::new(file.store);
     one_user_cannot_overdraw(store.clone()).await;
 
-    // The vote rows themselves add up to the totals, not only the cached counters.
+    // The votes recorded in the ledger add up to the totals, not only the cached counters.
     let pool = sqlx::SqlitePool::connect(&file.url).await.unwrap();
-    let rows = sqlx::query("SELECT option_id, SUM(votes) AS votes FROM votes GROUP BY option_id")
+    let rows = sqlx::query(
+        "SELECT option_id, SUM(votes) AS votes FROM ledger WHERE kind = 'vote_debit' GROUP BY option_id",
+    )
         .fetch_all(&pool)
         .await
         .unwrap();

@@ -33,7 +33,12 @@ CREATE TABLE users (
     created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Append-only: the triggers below refuse every UPDATE and DELETE.
+-- Append-only: the triggers below refuse every UPDATE and DELETE. A vote is recorded here and
+-- nowhere else: its debit entry names the event, the option and the number of votes, so an
+-- event's totals equal the sum of `votes` over its vote_debit entries.
+--
+-- There is deliberately no index by event: every index is another B-tree write per vote on the
+-- hottest path, and summing an event's votes is an audit, not something a request does.
 CREATE TABLE ledger (
     id         INTEGER PRIMARY KEY,
     user_id    BLOB NOT NULL REFERENCES users (user_id),
@@ -42,9 +47,12 @@ CREATE TABLE ledger (
     balance    INTEGER NOT NULL CHECK (balance >= 0),
     kind       TEXT NOT NULL CHECK (kind IN ('initial_credit', 'vote_debit', 'admin_credit')),
     event_id   BLOB REFERENCES events (id),
+    option_id  TEXT,
+    votes      INTEGER CHECK (votes >= 1),
     reason     TEXT,
     created_at INTEGER NOT NULL,
-    CHECK (CASE kind WHEN 'vote_debit' THEN amount < 0 WHEN 'admin_credit' THEN amount > 0 ELSE amount >= 0 END)
+    CHECK (CASE kind WHEN 'vote_debit' THEN amount < 0 WHEN 'admin_credit' THEN amount > 0 ELSE amount >= 0 END),
+    CHECK ((kind = 'vote_debit') = (event_id IS NOT NULL AND option_id IS NOT NULL AND votes IS NOT NULL))
 );
 
 -- Covers "the user's entries in order" and "the user's current balance" (its last entry).
@@ -60,24 +68,13 @@ BEGIN
     SELECT RAISE(ABORT, 'the ledger is append-only');
 END;
 
--- Every accepted vote request; an event's totals equal the sum of its rows here.
-CREATE TABLE votes (
-    id         INTEGER PRIMARY KEY,
-    event_id   BLOB NOT NULL REFERENCES events (id),
-    user_id    BLOB NOT NULL REFERENCES users (user_id),
-    option_id  TEXT NOT NULL,
-    votes      INTEGER NOT NULL CHECK (votes >= 1),
-    cost       INTEGER NOT NULL CHECK (cost >= 0),
-    created_at INTEGER NOT NULL
-);
-
-CREATE INDEX votes_by_event ON votes (event_id);
-
 -- The first answer of every request that succeeded with an Idempotency-Key, scoped to the user
 -- who voted (or the admin who credited). Rows older than a day are purged now and then.
 --
 -- Rows go in arrival order; only the small unique index on (scope, key) takes an entry at a
 -- random place, which keeps the pages a busy commit rewrites few and the index cache-resident.
+-- Arrival order is also age order, so the purge deletes from the lowest id up and needs no index
+-- on created_at.
 CREATE TABLE idempotency_keys (
     id          INTEGER PRIMARY KEY,
     scope       BLOB NOT NULL,
@@ -90,4 +87,3 @@ CREATE TABLE idempotency_keys (
 );
 
 CREATE UNIQUE INDEX idempotency_keys_by_key ON idempotency_keys (scope, key);
-CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);

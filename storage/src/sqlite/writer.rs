@@ -36,7 +36,7 @@ use crate::{
 /// Most commands committed together. Large enough that one fsync serves hundreds of votes,
 /// small enough that no statement comes near SQLite's limit of bound parameters.
 const MAX_BATCH: usize = 512;
-/// Rows per multi-row statement (six parameters each at most: 3,000 of SQLite's 32,766).
+/// Rows per multi-row statement (nine parameters each at most: 4,500 of SQLite's 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
 /// Past these sizes the caches are emptied and refilled on demand, which bounds memory.
 const MAX_CACHED_USERS: usize = 1_000_000;
@@ -162,7 +162,6 @@ struct Batch {
     new_users: Vec<Uuid>,
     dirty_events: HashSet<Uuid>,
     ledger: Vec<LedgerRow>,
-    votes: Vec<VoteRow>,
     staged: Vec<Staged>,
 }
 
@@ -179,18 +178,16 @@ struct LedgerRow {
     /// The user's balance after this entry.
     balance: i64,
     kind: LedgerEntryKind,
-    event_id: Option<Uuid>,
+    /// For vote debits: what the votes went to.
+    vote: Option<VoteTarget>,
     reason: Option<String>,
     created_at: i64,
 }
 
-struct VoteRow {
+struct VoteTarget {
     event_id: Uuid,
-    user_id: Uuid,
     option_id: String,
     votes: i64,
-    cost: i64,
-    created_at: i64,
 }
 
 /// Serializes like [`StoredVoteAnswer`] without cloning the totals.
@@ -248,7 +245,6 @@ impl Writer {
             new_users: Vec::new(),
             dirty_events: HashSet::new(),
             ledger: Vec::new(),
-            votes: Vec::new(),
             staged: Vec::with_capacity(commands.len()),
         };
         let mut pending = commands.drain(..);
@@ -302,8 +298,12 @@ impl Writer {
         };
         loop {
             let deleted = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE id IN \
-                 (SELECT id FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+                // Rows are in age order by id: everything below the oldest young row is expired,
+                // and finding that row scans only the expired ones before it.
+                "DELETE FROM idempotency_keys WHERE id < coalesce( \
+                 (SELECT id FROM idempotency_keys WHERE created_at >= ?1 ORDER BY id LIMIT 1), \
+                 (SELECT max(id) + 1 FROM idempotency_keys)) \
+                 AND id < (SELECT min(id) FROM idempotency_keys) + ?2",
             )
             .bind(cutoff)
             .bind(PURGE_ROWS)
@@ -531,7 +531,7 @@ impl State {
             amount: initial_balance,
             balance: initial_balance,
             kind: LedgerEntryKind::InitialCredit,
-            event_id: None,
+            vote: None,
             reason: None,
             created_at: batch.now,
         });
@@ -591,7 +591,12 @@ impl State {
 
         let balance = balance - needed;
         self.balances.insert(user_id, balance);
-        *record.totals.entry(option_id.clone()).or_insert(0) += u64::from(votes);
+        match record.totals.get_mut(&option_id) {
+            Some(total) => *total += u64::from(votes),
+            None => {
+                record.totals.insert(option_id.clone(), u64::from(votes));
+            }
+        }
         record.seq += 1;
         batch.dirty_events.insert(event_id);
         batch.ledger.push(LedgerRow {
@@ -599,16 +604,12 @@ impl State {
             amount: -needed,
             balance,
             kind: LedgerEntryKind::VoteDebit,
-            event_id: Some(event_id),
+            vote: Some(VoteTarget {
+                event_id,
+                option_id,
+                votes: i64::from(votes),
+            }),
             reason: None,
-            created_at,
-        });
-        batch.votes.push(VoteRow {
-            event_id,
-            user_id,
-            option_id,
-            votes: i64::from(votes),
-            cost: needed,
             created_at,
         });
         if let Some(key) = idempotency {
@@ -670,7 +671,7 @@ impl State {
             amount,
             balance,
             kind: LedgerEntryKind::AdminCredit,
-            event_id: None,
+            vote: None,
             reason: Some(reason),
             created_at: batch.now,
         });
@@ -879,30 +880,20 @@ impl State {
         for chunk in batch.ledger.chunks(ROWS_PER_STATEMENT) {
             statements += 1;
             query.push(
-                "INSERT INTO ledger (user_id, amount, balance, kind, event_id, reason, created_at) ",
+                "INSERT INTO ledger (user_id, amount, balance, kind, event_id, option_id, votes, \
+                 reason, created_at) ",
             );
             query.push_values(chunk, |mut row, entry| {
+                let vote = entry.vote.as_ref();
                 row.push_bind(entry.user_id)
                     .push_bind(entry.amount)
                     .push_bind(entry.balance)
                     .push_bind(kind_name(entry.kind))
-                    .push_bind(entry.event_id)
+                    .push_bind(vote.map(|vote| vote.event_id))
+                    .push_bind(vote.map(|vote| vote.option_id.as_str()))
+                    .push_bind(vote.map(|vote| vote.votes))
                     .push_bind(entry.reason.as_deref())
                     .push_bind(entry.created_at);
-            });
-            query.push("; ");
-        }
-        for chunk in batch.votes.chunks(ROWS_PER_STATEMENT) {
-            statements += 1;
-            query
-                .push("INSERT INTO votes (event_id, user_id, option_id, votes, cost, created_at) ");
-            query.push_values(chunk, |mut row, vote| {
-                row.push_bind(vote.event_id)
-                    .push_bind(vote.user_id)
-                    .push_bind(vote.option_id.as_str())
-                    .push_bind(vote.votes)
-                    .push_bind(vote.cost)
-                    .push_bind(vote.created_at);
             });
             query.push("; ");
         }
