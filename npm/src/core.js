@@ -1,6 +1,7 @@
 // The package's JavaScript side, shared by every entry: option checks, URLs, the typed error,
-// and the client object handed to the page. Decisions (reconnect, merge, tokens) live in the
-// wasm `Client`; this file only adapts it to idiomatic, bound methods.
+// the listeners, the vote() request, and the client object handed to the page. Decisions
+// (reconnect, merge, tokens, liveness) live in the wasm `Client`; this file carries them out
+// for it (the `host` below: sockets, timers, page events, getToken(), fetch) and reports back.
 
 /** The error every rejection and every stop carries; `code` is the contract's error code. */
 export class LivevoteError extends Error {
@@ -12,13 +13,14 @@ export class LivevoteError extends Error {
   }
 }
 
-function makeError(code, message, details) {
-  return new LivevoteError(code, message, details);
-}
+const makeError = (code, message, details) => new LivevoteError(code, message, details);
 
-function invalid(message) {
-  return new LivevoteError("INVALID_OPTIONS", message);
-}
+const invalid = (message) => makeError("INVALID_OPTIONS", message);
+
+// Numbered as `Topic` in sdk-wasm/src/client.rs.
+const TOPICS = ["event", "remove", "balance", "notice", "status", "store"];
+
+const noop = () => {};
 
 // The server's base URL may be given as http(s) or ws(s), with or without `/realtime`;
 // the socket lives at `/realtime`, the HTTP API under `/api`.
@@ -32,12 +34,8 @@ function serverUrls(url) {
   }
   const secure = base.protocol === "https:" || base.protocol === "wss:";
   if (!/^(https?|wss?):$/.test(base.protocol)) throw invalid("options.url must be http(s) or ws(s): " + url);
-  const path = base.pathname.replace(/\/realtime\/?$/, "").replace(/\/+$/, "");
-  const host = base.host + path;
-  return {
-    apiUrl: (secure ? "https://" : "http://") + host,
-    socketUrl: (secure ? "wss://" : "ws://") + host + "/realtime",
-  };
+  const host = base.host + base.pathname.replace(/\/realtime\/?$/, "").replace(/\/+$/, "");
+  return [(secure ? "https://" : "http://") + host, (secure ? "wss://" : "ws://") + host + "/realtime"];
 }
 
 function channelList(value) {
@@ -45,41 +43,31 @@ function channelList(value) {
   return typeof value === "string" ? [value] : Array.from(value);
 }
 
-// Wraps the wasm client in a frozen object of bound functions, so that methods may be passed
-// around as is (`useSyncExternalStore(client.store.subscribe, client.store.getSnapshot)`).
-function wrap(core) {
-  const listen = (topic, listener) => {
-    if (typeof listener !== "function") throw invalid("a listener must be a function");
-    const id = core.listen(topic, listener);
-    let listening = true;
-    return () => {
-      if (listening) {
-        listening = false;
-        core.unlisten(id);
-      }
-    };
-  };
-  return Object.freeze({
-    on: listen,
-    store: Object.freeze({
-      subscribe: (listener) => listen("store", listener),
-      getSnapshot: () => core.snapshot(),
-    }),
-    events: () => core.snapshot().events,
-    event: (id) => core.snapshot().events.find((event) => event.id === id),
-    balance: () => core.snapshot().balance,
-    status: () => core.snapshot().status,
-    channels: () => core.snapshot().channels,
-    subscribe: (channels) => core.subscribe(channelList(channels)),
-    unsubscribe: (channels) => core.unsubscribe(channelList(channels)),
-    vote: (eventId, optionId, votes, options) =>
-      core.vote(String(eventId), String(optionId), votes === undefined ? 1 : votes, options && options.idempotencyKey),
-    remainingMs: (event) => core.remainingMs(event),
-    serverNow: () => core.serverNow(),
-    ready: () => core.ready(),
-    close: () => core.close(),
-  });
+/** Freezes an object and everything inside it (snapshots are shared and compared by identity). */
+function deepFreeze(value) {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
 }
+
+/** One HTTP request; resolves with [status, parsed JSON body or undefined], rejects when no answer came. */
+async function request(method, url, token, body, key) {
+  const headers = {};
+  if (token) headers.Authorization = "Bearer " + token;
+  if (key !== undefined) headers["Idempotency-Key"] = key;
+  if (body) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, { method, body, headers });
+  let json;
+  try {
+    json = await response.json();
+  } catch {}
+  return [response.status, json];
+}
+
+/** A random version-4 uuid (`crypto.randomUUID` is missing on insecure origins such as plain-http pages). */
+const randomKey = () =>
+  "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (digit) => (digit ^ ((Math.random() * 16) >> (digit / 4))).toString(16));
 
 /**
  * Builds the entry's `connect`. `loadWasm()` initialises the wasm once and resolves with its
@@ -88,10 +76,11 @@ function wrap(core) {
 export function makeConnect(loadWasm, defaultWebSocket) {
   return async function connect(options) {
     if (!options || typeof options.url !== "string") throw invalid("options.url is required");
-    if (!options.token && typeof options.getToken !== "function") {
+    const getToken = typeof options.getToken === "function" ? options.getToken : undefined;
+    if (!options.token && !getToken) {
       throw invalid("options.token or options.getToken is required");
     }
-    const urls = serverUrls(options.url);
+    const [apiUrl, socketUrl] = serverUrls(options.url);
     const channels = channelList(options.channels);
     if (options.streamerId) channels.unshift("streamer:" + options.streamerId);
     const Client = await loadWasm();
@@ -99,18 +88,187 @@ export function makeConnect(loadWasm, defaultWebSocket) {
     if (typeof WebSocketImpl !== "function") {
       throw invalid("no WebSocket here: pass options.WebSocket (in Node 20, install `ws`)");
     }
-    const core = new Client({
-      socketUrl: urls.socketUrl,
-      apiUrl: urls.apiUrl,
+
+    // getToken()'s answer: a non-empty string, or undefined when it threw, rejected or gave none.
+    const fetchToken = async () => {
+      try {
+        const token = await getToken();
+        if (typeof token === "string" && token) return token;
+      } catch {}
+    };
+    const listeners = [];
+    const waiters = [];
+    const snapshot = () => core.snapshot();
+    const closedError = (status) => status.error || makeError("CLIENT_CLOSED", "the client is closed");
+    // Settles ready() once live (resolve) or closed (reject).
+    const settle = () => {
+      const status = snapshot().status;
+      if (status.state === "live") for (const [resolve] of waiters.splice(0)) resolve();
+      if (status.state === "closed") for (const [, reject] of waiters.splice(0)) reject(closedError(status));
+    };
+    // online, focus and visibilitychange wake the client to re-check its connection.
+    const page = [
+      [globalThis, "online"],
+      [globalThis, "focus"],
+      [globalThis.document, "visibilitychange"],
+    ]
+      .filter(([target]) => target && typeof target.addEventListener === "function")
+      .map(([target, name]) => [target, name, () => core.wake(0)]);
+
+    // What the wasm client asks of its surroundings (`Host` in sdk-wasm/src/client.rs).
+    const host = {
+      open(token, generation) {
+        const socket = new WebSocketImpl(socketUrl + (socketUrl.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token));
+        // Errors are followed by a close event; but Node's `ws` throws an error event that has
+        // no listener, so every socket keeps this one, even retired.
+        socket.onerror = noop;
+        socket.onopen = () => core.socket(generation, 0);
+        socket.onmessage = (event) => {
+          let data;
+          if (typeof event.data === "string") {
+            try {
+              data = JSON.parse(event.data);
+            } catch {}
+          }
+          core.socket(generation, 1, data);
+        };
+        socket.onclose = (event) => core.socket(generation, 2, event.code);
+        return socket;
+      },
+      retire(socket) {
+        socket.onopen = socket.onmessage = socket.onclose = undefined;
+        if (socket.readyState <= 1) {
+          try {
+            socket.close(1000);
+          } catch {}
+        }
+      },
+      send(socket, action, value) {
+        try {
+          // A send on a socket that is closing fails; its close handler reconnects anyway.
+          socket.send(JSON.stringify(action === "refresh" ? { action, token: value } : { action, channels: value }));
+        } catch {}
+      },
+      every: (ms) => setInterval(() => core.wake(0), ms),
+      after: (ms) => setTimeout(() => core.wake(1), ms),
+      page(listen) {
+        for (const [target, name, handler] of page) target[listen ? "addEventListener" : "removeEventListener"](name, handler);
+      },
+      getToken() {
+        Promise.resolve().then(fetchToken).then((token) => core.tokenArrived(token));
+      },
+      fetchEvent(id, token) {
+        request("GET", apiUrl + "/api/events/" + id, token).then(
+          ([status, body]) => core.verified(id, status, body),
+          () => core.verified(id, 0),
+        );
+      },
+      error: (code, message, closeCode) => makeError(code, message, closeCode === undefined ? undefined : { closeCode }),
+      freeze: deepFreeze,
+      // `calls` is [topic, argument, topic, argument...]; a listener that throws is reported
+      // and does not stop the others.
+      emit(calls) {
+        const current = listeners.slice();
+        for (let index = 0; index < calls.length; index += 2) {
+          for (const [topic, listener] of current) {
+            if (topic === calls[index]) {
+              try {
+                listener(calls[index + 1]);
+              } catch (error) {
+                console.error("livevote: a listener threw", error);
+              }
+            }
+          }
+        }
+        if (waiters.length) settle();
+      },
+    };
+    const core = new Client(host, {
       token: options.token,
-      getToken: options.getToken,
+      getToken,
       channels,
-      WebSocket: WebSocketImpl,
       heartbeatIntervalMs: options.heartbeatIntervalMs,
       pongTimeoutMs: options.pongTimeoutMs,
-      makeError,
     });
-    const client = wrap(core);
+
+    const on = (topic, listener) => {
+      if (typeof listener !== "function") throw invalid("a listener must be a function");
+      const index = TOPICS.indexOf(topic);
+      if (index < 0) throw invalid("unknown topic: use event, remove, balance, notice or status");
+      const entry = [index, listener];
+      listeners.push(entry);
+      return () => {
+        const at = listeners.indexOf(entry);
+        if (at >= 0) listeners.splice(at, 1);
+      };
+    };
+
+    // POST /api/events/{eventId}/votes. A 401 is retried once with a fresh token from
+    // getToken(), under the same idempotency key.
+    async function vote(eventId, optionId, votes, voteOptions) {
+      await undefined;
+      if (snapshot().status.state === "closed") throw makeError("CLIENT_CLOSED", "the client is closed");
+      const url = apiUrl + "/api/events/" + encodeURIComponent(String(eventId)) + "/votes";
+      const given = voteOptions && voteOptions.idempotencyKey;
+      const key = typeof given === "string" ? given : randomKey();
+      const body = JSON.stringify({ optionId: String(optionId), votes: (votes === undefined ? 1 : votes) >>> 0 });
+      let token = core.token();
+      let renewed = false;
+      for (;;) {
+        if (!token && !renewed && getToken) {
+          token = await fetchToken();
+          renewed = true;
+        }
+        let answer;
+        try {
+          answer = await request("POST", url, token, body, key);
+        } catch (cause) {
+          throw makeError("NETWORK_ERROR", "the vote request got no answer", { cause });
+        }
+        const [status, json] = answer;
+        if (status === 401 && !renewed && getToken) {
+          token = undefined;
+          continue;
+        }
+        if (status < 200 || status > 299) {
+          const error = json == null ? undefined : json.error;
+          const code = error == null ? undefined : error.code;
+          throw typeof code === "string"
+            ? makeError(code, typeof error.message === "string" ? error.message : "", { status })
+            : makeError("HTTP_" + status, "the server answered with an unexpected status", { status });
+        }
+        if (!core.voted(json, renewed ? token : undefined)) {
+          throw makeError("BAD_RESPONSE", "the vote answer was not understood");
+        }
+        return json;
+      }
+    }
+
+    // Bound functions in a frozen object, so that methods may be passed around as is
+    // (`useSyncExternalStore(client.store.subscribe, client.store.getSnapshot)`).
+    const client = Object.freeze({
+      on,
+      store: Object.freeze({
+        subscribe: (listener) => on("store", listener),
+        getSnapshot: snapshot,
+      }),
+      events: () => snapshot().events,
+      event: (id) => snapshot().events.find((event) => event.id === id),
+      balance: () => snapshot().balance,
+      status: () => snapshot().status,
+      channels: () => snapshot().channels,
+      subscribe: (channels) => core.subscribe(channelList(channels)),
+      unsubscribe: (channels) => core.unsubscribe(channelList(channels)),
+      vote,
+      remainingMs: (event) => core.remainingMs(event),
+      serverNow: () => core.serverNow(),
+      ready: () =>
+        new Promise((resolve, reject) => {
+          waiters.push([resolve, reject]);
+          settle();
+        }),
+      close: () => core.close(),
+    });
     core.start();
     return client;
   };

@@ -1,45 +1,85 @@
 //! The connection and everything that keeps it honest: one socket at a time, auto-pong,
 //! wall-clock liveness, reconnect by the close-code table, resubscribe, stale-while-resync,
-//! in-band token refresh, the server clock, listeners and the immutable snapshot.
+//! in-band token refresh, the server clock and the immutable snapshot.
 //!
-//! All state lives in one `Inner` behind `Rc<RefCell<_>>`. Every way in (socket handlers,
-//! timers, page events, resolved promises, calls from the page) goes through [`enter`], which
-//! borrows the state, lets it record what changed in an outbox, releases it, and only then calls
-//! the page's listeners: a listener may call back into the client (even `close()`) safely.
+//! Every decision is taken here. The package's JavaScript (`npm/src/core.js`) is the [`Host`]:
+//! it carries them out (constructs the socket, arms a timer, calls `getToken()`, fetches) and
+//! reports back through the exported methods (`socket`, `wake`, `tokenArrived`, `verified`),
+//! with no Rust closure or future on the JavaScript side.
 //!
-//! While a socket or timer is alive it holds the state strongly, so a client keeps running even
-//! when the page drops its reference, like a WebSocket does; `close()` (or a stop by the server)
-//! drops them all, which breaks that cycle.
+//! All state lives in one `Inner` behind a `RefCell`. Every way in goes through
+//! [`Client::enter`], which borrows the state, lets it record what changed in an outbox,
+//! releases it, and only then hands the changes to the page's listeners (`Host::emit`): a
+//! listener may call back into the client (even `close()`) safely.
 
 use std::cell::RefCell;
-use std::rc::{Rc, Weak};
 
-use gloo_timers::callback::{Interval, Timeout};
-use js_sys::{Array, Function, Object, Promise, Reflect};
+use js_sys::{Array, Object};
 use livevote_protocol::{close_codes, notice_codes, Channel, ServerMessage};
 use uuid::Uuid;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::{future_to_promise, spawn_local, JsFuture};
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::clock::ClockOffset;
 use crate::decode;
-use crate::http;
 use crate::js::{self, get, set};
 use crate::policy::{self, CloseAction};
 use crate::state::{Change, EventState, Store};
 use crate::view;
 
-type Shared = Rc<RefCell<Inner>>;
+#[wasm_bindgen]
+extern "C" {
+    /// What the package's JavaScript does on the client's behalf (`host` in npm/src/core.js).
+    pub type Host;
+
+    /// Constructs the WebSocket for `token` and wires its events to `Client::socket` with
+    /// `generation`; throws when the constructor does.
+    #[wasm_bindgen(method, catch)]
+    fn open(this: &Host, token: &str, generation: u32) -> Result<JsValue, JsValue>;
+    /// Unhooks a socket's handlers and closes it with 1000 if it is still open or opening.
+    #[wasm_bindgen(method)]
+    fn retire(this: &Host, socket: &JsValue);
+    /// Sends `{action, channels: value}` (or `{action, token: value}` for `refresh`).
+    #[wasm_bindgen(method)]
+    fn send(this: &Host, socket: &JsValue, action: &str, value: &JsValue);
+    /// `setInterval(() => client.wake(0), ms)`.
+    #[wasm_bindgen(method)]
+    fn every(this: &Host, ms: u32) -> JsValue;
+    /// `setTimeout(() => client.wake(1), ms)`.
+    #[wasm_bindgen(method)]
+    fn after(this: &Host, ms: u32) -> JsValue;
+    /// Adds (or removes) the `online`, `focus` and `visibilitychange` listeners calling
+    /// `client.wake(0)`.
+    #[wasm_bindgen(method)]
+    fn page(this: &Host, listen: bool);
+    /// Calls `getToken()` in a later task and hands its answer to `Client::token_arrived`.
+    #[wasm_bindgen(method, js_name = getToken)]
+    fn get_token(this: &Host);
+    /// `GET /api/events/{id}`, answered through `Client::verified`.
+    #[wasm_bindgen(method, js_name = fetchEvent)]
+    fn fetch_event(this: &Host, id: &str, token: Option<&str>);
+    /// A `LivevoteError`.
+    #[wasm_bindgen(method)]
+    fn error(this: &Host, code: &str, message: &str, close_code: Option<u16>) -> JsValue;
+    /// Freezes an object and everything inside it.
+    #[wasm_bindgen(method)]
+    fn freeze(this: &Host, value: &JsValue);
+    /// Calls the listeners: `batch` is `[topic, argument, topic, argument...]` (topics numbered
+    /// as [`Topic`]).
+    #[wasm_bindgen(method)]
+    fn emit(this: &Host, batch: &Array);
+
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(handle: &JsValue);
+    #[wasm_bindgen(js_name = clearInterval)]
+    fn clear_interval(handle: &JsValue);
+}
 
 /// The contract's default server heartbeat and pong timeout, used when the page does not say.
 const DEFAULT_HEARTBEAT_MS: f64 = 20_000.0;
 const DEFAULT_PONG_TIMEOUT_MS: f64 = 10_000.0;
 /// Tries to learn an event's final state over HTTP before waiting for the next reconnect.
 const MAX_VERIFY_ATTEMPTS: u32 = 5;
-/// The pong command, constant, so answering a PING costs no serialization.
-const PONG: &str = r#"{"action":"pong"}"#;
 
 /// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,36 +123,38 @@ impl ChannelState {
     }
 }
 
-/// What the page can listen to.
+/// What the page can listen to, numbered as `TOPICS` in npm/src/core.js.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Topic {
-    Event,
-    Remove,
-    Balance,
-    Notice,
-    Status,
+    Event = 0,
+    Remove = 1,
+    Balance = 2,
+    Notice = 3,
+    Status = 4,
     /// The store: called without argument whenever the snapshot changed.
-    Store,
+    Store = 5,
 }
 
-impl Topic {
-    fn parse(name: &str) -> Option<Topic> {
-        Some(match name {
-            "event" => Topic::Event,
-            "remove" => Topic::Remove,
-            "balance" => Topic::Balance,
-            "notice" => Topic::Notice,
-            "status" => Topic::Status,
-            "store" => Topic::Store,
-            _ => return None,
-        })
+/// A timer armed by the host; dropping it clears it.
+struct Timer {
+    handle: JsValue,
+    repeating: bool,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if self.repeating {
+            clear_interval(&self.handle);
+        } else {
+            clear_timeout(&self.handle);
+        }
     }
 }
 
-/// One live socket and the handlers bound to it. Dropping the handlers (in [`Socket::retire`])
-/// makes a superseded socket mute for good.
+/// One live socket. Retiring it (`Host::retire`) unhooks its handlers, so a superseded socket
+/// is mute for good; `generation` catches a frame already queued when that happened.
 struct Socket {
-    web_socket: WebSocket,
+    web_socket: JsValue,
     generation: u32,
     opened_at: Option<f64>,
     /// What the server's SERVER_RESTARTING notice on this socket asked for.
@@ -122,40 +164,6 @@ struct Socket {
     /// denials), so a channel of the answered command that is neither listed nor denied by then
     /// will never be answered: it counts as denied rather than pending forever.
     unanswered: Vec<Vec<String>>,
-    _handlers: [Closure<dyn FnMut(JsValue)>; 3],
-}
-
-thread_local! {
-    /// The error handler of every socket. Errors are followed by a close event, which is where
-    /// reconnecting happens; but Node's `ws` throws an error event that has no listener (closing
-    /// a socket still connecting raises one), so every socket keeps this one, even retired.
-    static IGNORE_ERROR: JsValue = Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {}).into_js_value();
-}
-
-impl Socket {
-    fn retire(self) {
-        let web_socket = &self.web_socket;
-        web_socket.set_onopen(None);
-        web_socket.set_onmessage(None);
-        web_socket.set_onclose(None);
-        if web_socket.ready_state() <= WebSocket::OPEN {
-            let _ = web_socket.close_with_code(close_codes::NORMAL);
-        }
-    }
-
-    fn send(&self, text: &str) {
-        if self.opened_at.is_some() {
-            // A send on a socket that is closing fails; its close handler reconnects anyway.
-            let _ = self.web_socket.send_with_str(text);
-        }
-    }
-}
-
-/// A page event listener (`online`, `focus`, `visibilitychange`) to remove on close.
-struct PageListener {
-    target: web_sys::EventTarget,
-    name: &'static str,
-    handler: Closure<dyn FnMut(JsValue)>,
 }
 
 /// Changes recorded while the state is borrowed, delivered to listeners after it is released.
@@ -195,24 +203,21 @@ struct Unverified {
 }
 
 struct Inner {
-    me: Weak<RefCell<Inner>>,
+    host: Host,
     // Configuration.
-    socket_url: String,
-    api_url: String,
-    web_socket_constructor: Function,
-    get_token: Option<Function>,
-    error_factory: Option<Function>,
+    has_get_token: bool,
     liveness_deadline_ms: f64,
     tick_ms: u32,
     // Connection.
     started: bool,
+    listening_to_page: bool,
     phase: Phase,
     token: Option<String>,
     socket: Option<Socket>,
     generation: u32,
     last_frame_at: f64,
-    tick: Option<Interval>,
-    retry_timer: Option<Timeout>,
+    tick: Option<Timer>,
+    retry_timer: Option<Timer>,
     retry_at: f64,
     attempt: u32,
     close_code: Option<u16>,
@@ -221,8 +226,6 @@ struct Inner {
     unauthorized_retry_used: bool,
     token_request_in_flight: bool,
     connect_when_token_arrives: bool,
-    page_listeners: Vec<PageListener>,
-    ready_waiters: Vec<(Function, Function)>,
     // State.
     channels: Vec<(String, ChannelState)>,
     store: Store,
@@ -231,43 +234,12 @@ struct Inner {
     stale: bool,
     unverified: Vec<Unverified>,
     clock: ClockOffset,
-    // Listeners and the JavaScript objects handed out (kept so unchanged parts keep their identity).
-    listeners: Vec<(u32, Topic, Function)>,
-    next_listener_id: u32,
+    // What changed, and the JavaScript objects handed out (kept so unchanged parts keep their
+    // identity).
     outbox: Outbox,
     event_objects: Vec<(Uuid, JsValue)>,
     snapshot_object: Option<JsValue>,
     status_object: Option<JsValue>,
-}
-
-/// Runs `work` on the state, then delivers what it changed. When the state is already borrowed
-/// (a re-entrant call from inside the client), the work runs in a microtask instead.
-fn enter(shared: &Shared, work: impl FnOnce(&mut Inner) + 'static) {
-    enter_boxed(shared, Box::new(work));
-}
-
-// One body for every kind of work, so that each caller does not get its own copy.
-fn enter_boxed(shared: &Shared, work: Box<dyn FnOnce(&mut Inner)>) {
-    match shared.try_borrow_mut() {
-        Ok(mut inner) => work(&mut inner),
-        Err(_) => {
-            let shared = shared.clone();
-            spawn_local(async move { enter_boxed(&shared, work) });
-            return;
-        }
-    }
-    deliver(shared);
-}
-
-/// Calls the listeners for everything in the outbox, with the state released.
-fn deliver(shared: &Shared) {
-    let calls = match shared.try_borrow_mut() {
-        Ok(mut inner) => inner.take_calls(),
-        Err(_) => return,
-    };
-    for (listener, argument) in calls {
-        js::call_listener(&listener, &argument);
-    }
 }
 
 fn now() -> f64 {
@@ -295,14 +267,8 @@ fn canonical_channel(name: &str) -> String {
 }
 
 impl Inner {
-    fn shared(&self) -> Shared {
-        self.me
-            .upgrade()
-            .expect("the state is alive while one of its methods runs")
-    }
-
-    fn error(&self, code: &str, message: &str, details: &[(&str, JsValue)]) -> JsValue {
-        js::make_error(self.error_factory.as_ref(), code, message, details)
+    fn error(&self, code: &str, message: &str, close_code: Option<u16>) -> JsValue {
+        self.host.error(code, message, close_code)
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -318,12 +284,28 @@ impl Inner {
             .is_some_and(|socket| socket.generation == generation)
     }
 
-    /// Sends `subscribe`/`unsubscribe` for `channels`, or `refresh` with `token`.
-    fn send_command(&mut self, action: &str, channels: &[String], token: Option<&str>) {
-        if let Some(socket) = &mut self.socket {
-            socket.send(&view::command(action, channels, token));
-            if action == "subscribe" {
-                socket.unanswered.push(channels.to_vec());
+    /// Sends a command on the current socket once it is open (`value` is the channel list, the
+    /// token, or `undefined`); false when there is no open socket. Before it opens nothing is
+    /// sent: on_open subscribes every channel.
+    fn send(&self, action: &str, value: &JsValue) -> bool {
+        match &self.socket {
+            Some(socket) if socket.opened_at.is_some() => {
+                self.host.send(&socket.web_socket, action, value);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends `subscribe`/`unsubscribe` for `channels`.
+    fn send_channels(&mut self, action: &str, channels: Vec<String>) {
+        let names: Array = channels
+            .iter()
+            .map(|name| JsValue::from_str(name))
+            .collect();
+        if self.send(action, &names) && action == "subscribe" {
+            if let Some(socket) = &mut self.socket {
+                socket.unanswered.push(channels);
             }
         }
     }
@@ -334,7 +316,8 @@ impl Inner {
         if std::mem::replace(&mut self.started, true) || self.phase == Phase::Closed {
             return;
         }
-        self.listen_to_page();
+        self.listening_to_page = true;
+        self.host.page(true);
         self.open_socket();
     }
 
@@ -356,60 +339,31 @@ impl Inner {
         };
         self.retire_socket();
         self.generation = self.generation.wrapping_add(1);
-        let generation = self.generation;
-        let mut url = self.socket_url.clone();
-        url.push_str(if url.contains('?') {
-            "&token="
-        } else {
-            "?token="
-        });
-        url.push_str(&String::from(js_sys::encode_uri_component(&token)));
-        let constructed =
-            Reflect::construct(&self.web_socket_constructor, &Array::of1(&url.into()));
-        let Ok(web_socket) = constructed.map(JsCast::unchecked_into::<WebSocket>) else {
+        let Ok(web_socket) = self.host.open(&token, self.generation) else {
             self.schedule_retry(CloseAction::Reconnect, None);
             return;
         };
-        let shared = self.shared();
-        let handler = |action: fn(&mut Inner, u32, JsValue)| {
-            let shared = shared.clone();
-            Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
-                enter(&shared, move |inner| action(inner, generation, event))
-            })
-        };
-        let handlers = [
-            handler(|inner, generation, _| inner.on_open(generation)),
-            handler(|inner, generation, event| {
-                inner.on_message(generation, event.unchecked_into())
-            }),
-            handler(|inner, generation, event| inner.on_close(generation, event.unchecked_into())),
-        ];
-        web_socket.set_onopen(Some(handlers[0].as_ref().unchecked_ref()));
-        web_socket.set_onmessage(Some(handlers[1].as_ref().unchecked_ref()));
-        web_socket.set_onclose(Some(handlers[2].as_ref().unchecked_ref()));
-        IGNORE_ERROR.with(|ignore| web_socket.set_onerror(Some(ignore.unchecked_ref())));
         self.socket = Some(Socket {
             web_socket,
-            generation,
+            generation: self.generation,
             opened_at: None,
             retry_after_ms: None,
             unanswered: Vec::new(),
-            _handlers: handlers,
         });
         // A socket that never opens is caught by the same wall-clock deadline as a silent one.
         self.last_frame_at = now();
         self.set_phase(Phase::Connecting);
         if self.tick.is_none() {
-            let shared = self.shared();
-            self.tick = Some(Interval::new(self.tick_ms, move || {
-                enter(&shared, Inner::check)
-            }));
+            self.tick = Some(Timer {
+                handle: self.host.every(self.tick_ms),
+                repeating: true,
+            });
         }
     }
 
     fn retire_socket(&mut self) {
         if let Some(socket) = self.socket.take() {
-            socket.retire();
+            self.host.retire(&socket.web_socket);
         }
     }
 
@@ -436,7 +390,7 @@ impl Inner {
             })
             .collect();
         if !names.is_empty() {
-            self.send_command("subscribe", &names, None);
+            self.send_channels("subscribe", names);
         }
         self.outbox.snapshot = true;
         self.check_resync_done();
@@ -444,22 +398,19 @@ impl Inner {
 
     // ----- Messages -----
 
-    fn on_message(&mut self, generation: u32, event: MessageEvent) {
+    /// One frame, already parsed by `JSON.parse` (`undefined` when it was not JSON text).
+    fn on_message(&mut self, generation: u32, parsed: JsValue) {
         // A superseded socket's frames are dropped: its handlers are unhooked, and this catches
         // a frame already queued when that happened.
         if !self.is_current(generation) {
             return;
         }
         self.last_frame_at = now();
-        let data = event.data();
-        if !data.is_string() {
+        if parsed.is_undefined() {
             return;
         }
-        let Ok(parsed) = js::parse_json(&data) else {
-            return;
-        };
-        if Array::is_array(&parsed) {
-            for item in Array::from(&parsed).iter() {
+        if let Some(batch) = js::as_array(&parsed) {
+            for item in batch.iter() {
                 if !self.is_current(generation) {
                     return;
                 }
@@ -476,13 +427,11 @@ impl Inner {
         let Some(message) = decode::message(&item) else {
             return;
         };
-        match &message {
+        match message {
             ServerMessage::Ping(ping) => {
                 // Answered here, in the message handler: a timer could be throttled in a
                 // background tab long enough for the server to give up on us.
-                if let Some(socket) = &self.socket {
-                    socket.send(PONG);
-                }
+                self.send("pong", &JsValue::UNDEFINED);
                 self.clock
                     .add_sample(js_sys::Date::parse(ping.ts.as_str()), now());
             }
@@ -525,14 +474,14 @@ impl Inner {
                     _ => {}
                 }
                 let payload = get(&item, "payload");
-                js::deep_freeze(&payload);
+                self.host.freeze(&payload);
                 self.outbox.notices.push(payload);
             }
-            _ => match &mut self.aside {
+            message => match &mut self.aside {
                 Some(aside) => {
-                    aside.apply(&message);
+                    aside.merge(message);
                 }
-                None => match self.store.apply(&message) {
+                None => match self.store.merge(message) {
                     Change::Event(id) => self.outbox.event(id),
                     Change::Balance => self.outbox.balance = true,
                     Change::Nothing => {}
@@ -620,9 +569,9 @@ impl Inner {
         }
     }
 
-    fn on_close(&mut self, generation: u32, event: CloseEvent) {
+    fn on_close(&mut self, generation: u32, code: u16) {
         if self.is_current(generation) {
-            self.lost(event.code());
+            self.lost(code);
         }
     }
 
@@ -636,8 +585,7 @@ impl Inner {
         let healthy = socket
             .opened_at
             .is_some_and(|opened| at - opened >= policy::STABLE_AFTER_MS);
-        let retry_after_ms = socket.retry_after_ms;
-        socket.retire();
+        self.host.retire(&socket.web_socket);
         self.tick = None;
         self.aside = None;
         if healthy {
@@ -662,13 +610,13 @@ impl Inner {
                 let error = self.error(
                     "FORBIDDEN",
                     "the server refused this connection (4003)",
-                    &[("closeCode", code.into())],
+                    Some(code),
                 );
                 self.stop(error);
             }
             CloseAction::Stop => self.stop(JsValue::NULL),
             CloseAction::RenewTokenOnceThenStop
-                if self.get_token.is_some() && !self.unauthorized_retry_used =>
+                if self.has_get_token && !self.unauthorized_retry_used =>
             {
                 self.unauthorized_retry_used = true;
                 self.token = None;
@@ -678,15 +626,15 @@ impl Inner {
                 let error = self.error(
                     "UNAUTHORIZED",
                     "the server refused the token (4001)",
-                    &[("closeCode", code.into())],
+                    Some(code),
                 );
                 self.stop(error);
             }
-            CloseAction::RenewTokenThenReconnect if self.get_token.is_none() => {
+            CloseAction::RenewTokenThenReconnect if !self.has_get_token => {
                 let error = self.error(
                     "TOKEN_EXPIRED",
                     "the token expired and no getToken() was given to renew it (4002)",
-                    &[("closeCode", code.into())],
+                    Some(code),
                 );
                 self.stop(error);
             }
@@ -694,7 +642,7 @@ impl Inner {
                 self.token = None;
                 self.schedule_retry(action, None);
             }
-            _ => self.schedule_retry(action, retry_after_ms),
+            _ => self.schedule_retry(action, socket.retry_after_ms),
         }
     }
 
@@ -709,10 +657,10 @@ impl Inner {
         self.retry_at = now() + delay;
         self.set_phase(Phase::Reconnecting);
         self.outbox.status = true;
-        let shared = self.shared();
-        self.retry_timer = Some(Timeout::new(delay as u32, move || {
-            enter(&shared, Inner::open_socket)
-        }));
+        self.retry_timer = Some(Timer {
+            handle: self.host.after(delay as u32),
+            repeating: false,
+        });
     }
 
     /// Stops for good: no socket, no timer, no page listener is left behind.
@@ -725,43 +673,11 @@ impl Inner {
         self.retry_timer = None;
         self.aside = None;
         self.connect_when_token_arrives = false;
-        for listener in self.page_listeners.drain(..) {
-            let _ = listener.target.remove_event_listener_with_callback(
-                listener.name,
-                listener.handler.as_ref().unchecked_ref(),
-            );
+        if std::mem::take(&mut self.listening_to_page) {
+            self.host.page(false);
         }
         self.error = error;
         self.set_phase(Phase::Closed);
-    }
-
-    fn listen_to_page(&mut self) {
-        let global: JsValue = js_sys::global().into();
-        let document = get(&global, "document");
-        for (target, name) in [
-            (&global, "online"),
-            (&global, "focus"),
-            (&document, "visibilitychange"),
-        ] {
-            let has_listeners = target.is_object() && get(target, "addEventListener").is_function();
-            if !has_listeners {
-                // Node has no page events; the tick alone checks liveness there.
-                continue;
-            }
-            let target: web_sys::EventTarget = target.clone().unchecked_into();
-            let shared = self.shared();
-            let handler = Closure::<dyn FnMut(JsValue)>::new(move |_| enter(&shared, Inner::check));
-            if target
-                .add_event_listener_with_callback(name, handler.as_ref().unchecked_ref())
-                .is_ok()
-            {
-                self.page_listeners.push(PageListener {
-                    target,
-                    name,
-                    handler,
-                });
-            }
-        }
     }
 
     // ----- Tokens -----
@@ -769,26 +685,22 @@ impl Inner {
     /// Asks `getToken()` for a new token (one request at a time). When it arrives it is sent
     /// in-band (`refresh`) on an open socket, and opens the next socket if one was waiting for it.
     fn request_token(&mut self) {
-        let Some(get_token) = self.get_token.clone() else {
+        if !self.has_get_token {
             if self.connect_when_token_arrives {
                 let error = self.error(
                     "UNAUTHORIZED",
                     "no token and no getToken() to obtain one",
-                    &[],
+                    None,
                 );
                 self.stop(error);
             }
             return;
-        };
+        }
         if self.token_request_in_flight {
             return;
         }
         self.token_request_in_flight = true;
-        let shared = self.shared();
-        spawn_local(async move {
-            let token = fetch_token(&get_token).await;
-            enter(&shared, move |inner| inner.on_token(token));
-        });
+        self.host.get_token();
     }
 
     fn on_token(&mut self, token: Option<String>) {
@@ -798,10 +710,8 @@ impl Inner {
         }
         match token {
             Some(token) => {
-                self.token = Some(token.clone());
-                if self.socket.is_some() {
-                    self.send_command("refresh", &[], Some(&token));
-                }
+                self.send("refresh", &JsValue::from_str(&token));
+                self.token = Some(token);
                 if std::mem::take(&mut self.connect_when_token_arrives) {
                     self.open_socket();
                 }
@@ -811,7 +721,7 @@ impl Inner {
                     let error = self.error(
                         "UNAUTHORIZED",
                         "getToken() failed after the server refused the token (4001)",
-                        &[],
+                        None,
                     );
                     self.stop(error);
                 } else {
@@ -832,44 +742,37 @@ impl Inner {
     /// from the fresh snapshot. Driven by the tick, so it stops with the connection.
     fn verify_missing_events(&mut self) {
         let at = now();
-        let token = self.token.clone();
         for entry in &mut self.unverified {
             if entry.in_flight || entry.next_at > at {
                 continue;
             }
             entry.in_flight = true;
             entry.attempts += 1;
-            let id = entry.id;
-            let mut url = self.api_url.clone();
-            url.push_str("/api/events/");
-            url.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
-            let shared = self
-                .me
-                .upgrade()
-                .expect("the state is alive while one of its methods runs");
-            let token = token.clone();
-            spawn_local(async move {
-                let answer = http::request("GET", &url, token.as_deref(), None, None).await;
-                enter(&shared, move |inner| inner.on_verified(id, answer));
-            });
+            self.host.fetch_event(
+                entry
+                    .id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+                self.token.as_deref(),
+            );
         }
     }
 
-    fn on_verified(&mut self, id: Uuid, answer: Result<http::Answer, JsValue>) {
+    /// `GET /api/events/{id}` answered `status` (0: no answer) with `body`.
+    fn on_verified(&mut self, id: Uuid, status: u16, body: JsValue) {
         let Some(position) = self.unverified.iter().position(|entry| entry.id == id) else {
             return;
         };
-        let view = answer
-            .as_ref()
-            .ok()
-            .filter(|answer| answer.ok())
-            .and_then(|answer| decode::event_view(&answer.body));
-        let status = answer.as_ref().map(|answer| answer.status).unwrap_or(0);
+        let view = if (200..300).contains(&status) {
+            decode::event_view(&body)
+        } else {
+            None
+        };
         let entry = &mut self.unverified[position];
         entry.in_flight = false;
         if let Some(view) = view {
             self.unverified.remove(position);
-            if let Change::Event(id) = self.store.apply_view(&view) {
+            if let Change::Event(id) = self.store.merge_view(view) {
                 self.outbox.event(id);
             }
         } else if status == 404 {
@@ -906,13 +809,7 @@ impl Inner {
             return;
         }
         self.outbox.snapshot = true;
-        if self
-            .socket
-            .as_ref()
-            .is_some_and(|socket| socket.opened_at.is_some())
-        {
-            self.send_command("subscribe", &added, None);
-        }
+        self.send_channels("subscribe", added);
     }
 
     fn unsubscribe(&mut self, names: Vec<String>) {
@@ -923,7 +820,7 @@ impl Inner {
             return;
         }
         self.outbox.snapshot = true;
-        self.send_command("unsubscribe", &names, None);
+        self.send_channels("unsubscribe", names);
         let mut store = std::mem::take(&mut self.store);
         let removed = store.retain_carried(self.carried_by_channels());
         self.store = store;
@@ -943,7 +840,7 @@ impl Inner {
         }
         let state = self.store.get(id)?;
         let object = view::event_state(state);
-        js::deep_freeze(&object);
+        self.host.freeze(&object);
         self.event_objects.push((id, object.clone()));
         Some(object)
     }
@@ -989,6 +886,7 @@ impl Inner {
             &self.close_code.map_or(JsValue::NULL, JsValue::from),
         );
         set(&object, "error", &self.error);
+        // Shallow: the error stays the page's to use.
         Object::freeze(&object);
         let object: JsValue = object.into();
         self.status_object = Some(object.clone());
@@ -1022,11 +920,15 @@ impl Inner {
         object
     }
 
-    /// Turns the outbox into listener calls, refreshing the cached objects they receive.
-    fn take_calls(&mut self) -> Vec<(Function, JsValue)> {
+    /// Turns the outbox into listener calls (`[topic, argument, ...]`), refreshing the cached
+    /// objects they receive; `None` when nothing changed.
+    fn take_calls(&mut self) -> Option<Array> {
         let outbox = std::mem::take(&mut self.outbox);
-        let mut calls = Vec::new();
-        if outbox.touches_snapshot() {
+        let touched = outbox.touches_snapshot();
+        if !touched && outbox.notices.is_empty() {
+            return None;
+        }
+        if touched {
             self.snapshot_object = None;
         }
         if outbox.status {
@@ -1034,11 +936,10 @@ impl Inner {
         }
         self.event_objects
             .retain(|(id, _)| !outbox.events.contains(id) && !outbox.removed.contains(id));
-        let listeners = self.listeners.clone();
-        let mut push = |topic: Topic, argument: &JsValue| {
-            for (_, _, listener) in listeners.iter().filter(|(_, wanted, _)| *wanted == topic) {
-                calls.push((listener.clone(), argument.clone()));
-            }
+        let calls = Array::new();
+        let push = |topic: Topic, argument: &JsValue| {
+            calls.push(&JsValue::from(topic as u32));
+            calls.push(argument);
         };
         for id in &outbox.events {
             if let Some(object) = self.event_object(*id) {
@@ -1057,89 +958,62 @@ impl Inner {
         if outbox.status {
             push(Topic::Status, &self.status_object());
         }
-        if outbox.touches_snapshot() {
+        if touched {
             push(Topic::Store, &JsValue::UNDEFINED);
         }
-        match self.phase {
-            Phase::Live => {
-                for (resolve, _) in self.ready_waiters.drain(..) {
-                    calls.push((resolve, JsValue::UNDEFINED));
-                }
-            }
-            Phase::Closed => {
-                let error = self.closed_error();
-                for (_, reject) in self.ready_waiters.drain(..) {
-                    calls.push((reject, error.clone()));
-                }
-            }
-            _ => {}
-        }
-        calls
-    }
-
-    fn closed_error(&self) -> JsValue {
-        if self.error.is_null() {
-            self.error("CLIENT_CLOSED", "the client is closed", &[])
-        } else {
-            self.error.clone()
-        }
+        Some(calls)
     }
 }
 
-/// Calls `getToken()` and waits for it; `None` when it throws, rejects or gives no string.
-async fn fetch_token(get_token: &Function) -> Option<String> {
-    let promise = Promise::resolve(&get_token.call0(&JsValue::UNDEFINED).ok()?);
-    let token = JsFuture::from(promise).await.ok()?.as_string()?;
-    (!token.is_empty()).then_some(token)
-}
+type Work = Box<dyn FnOnce(&mut Inner)>;
 
-/// A random version-4 uuid for an idempotency key (`crypto.randomUUID` is missing on
-/// insecure origins such as plain-http pages).
-fn random_key() -> String {
-    let mut bytes = [0u8; 16];
-    for chunk in bytes.chunks_mut(4) {
-        let random = (js_sys::Math::random() * 4_294_967_296.0) as u32;
-        chunk.copy_from_slice(&random.to_le_bytes());
-    }
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
-}
-
-/// The client the `livevote` package wraps. Its methods are the package's, in camelCase.
+/// The client the `livevote` package wraps (npm/src/core.js): the page's calls, and the
+/// host's reports of what happened (socket events, timers, tokens, HTTP answers).
 #[wasm_bindgen]
 pub struct Client {
-    inner: Shared,
+    host: Host,
+    inner: RefCell<Inner>,
+    /// Work that arrived while the state was borrowed (a host call that called straight back
+    /// in); it runs as soon as the work in progress is done.
+    later: RefCell<Vec<Work>>,
+}
+
+impl Client {
+    /// Runs `work` on the state, then hands what it changed to the listeners.
+    fn enter(&self, work: Work) {
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            self.later.borrow_mut().push(work);
+            return;
+        };
+        work(&mut inner);
+        while let Some(work) = self.next_later() {
+            work(&mut inner);
+        }
+        let calls = inner.take_calls();
+        drop(inner);
+        if let Some(calls) = calls {
+            self.host.emit(&calls);
+        }
+    }
+
+    fn next_later(&self) -> Option<Work> {
+        let mut later = self.later.borrow_mut();
+        (!later.is_empty()).then(|| later.remove(0))
+    }
 }
 
 #[wasm_bindgen]
 impl Client {
-    /// Reads the options the package prepared (`socketUrl`, `apiUrl`, `WebSocket`, `token`
-    /// and/or `getToken`, `channels`, `heartbeatIntervalMs`, `pongTimeoutMs`, `makeError`).
-    /// Nothing connects until `start()`.
+    /// Reads the options the package prepared (`token`, `getToken`, `channels`,
+    /// `heartbeatIntervalMs`, `pongTimeoutMs`). Nothing connects until `start()`.
     #[wasm_bindgen(constructor)]
-    pub fn new(options: JsValue) -> Result<Client, JsValue> {
-        let text = |key: &str| get(&options, key).as_string();
-        let function = |key: &str| get(&options, key).dyn_into::<Function>().ok();
+    pub fn new(host: Host, options: JsValue) -> Client {
         let number = |key: &str, default: f64| {
             get(&options, key)
                 .as_f64()
                 .filter(|value| *value > 0.0)
                 .unwrap_or(default)
         };
-        let error_factory = function("makeError");
-        let invalid =
-            |message: &str| js::make_error(error_factory.as_ref(), "INVALID_OPTIONS", message, &[]);
-        let socket_url = text("socketUrl").ok_or_else(|| invalid("socketUrl is required"))?;
-        let api_url = text("apiUrl").ok_or_else(|| invalid("apiUrl is required"))?;
-        let web_socket_constructor = function("WebSocket")
-            .ok_or_else(|| invalid("no WebSocket implementation: pass options.WebSocket"))?;
-        let token = text("token").filter(|token| !token.is_empty());
-        let get_token = function("getToken");
-        if token.is_none() && get_token.is_none() {
-            return Err(invalid("either token or getToken is required"));
-        }
         let deadline = number("heartbeatIntervalMs", DEFAULT_HEARTBEAT_MS)
             + number("pongTimeoutMs", DEFAULT_PONG_TIMEOUT_MS);
         let mut channels: Vec<(String, ChannelState)> = Vec::new();
@@ -1149,79 +1023,52 @@ impl Client {
                 channels.push((name, ChannelState::Pending));
             }
         }
-        let inner = Rc::new_cyclic(|me| {
-            RefCell::new(Inner {
-                me: me.clone(),
-                socket_url,
-                api_url,
-                web_socket_constructor,
-                get_token,
-                error_factory,
-                liveness_deadline_ms: deadline,
-                // Checked four times per deadline, at most once a second: cheap, and a dead
-                // link is noticed within a quarter deadline of the deadline.
-                tick_ms: (deadline / 4.0).clamp(50.0, 1_000.0) as u32,
-                started: false,
-                phase: Phase::Connecting,
-                token,
-                socket: None,
-                generation: 0,
-                last_frame_at: 0.0,
-                tick: None,
-                retry_timer: None,
-                retry_at: 0.0,
-                attempt: 0,
-                close_code: None,
-                error: JsValue::NULL,
-                unauthorized_retry_used: false,
-                token_request_in_flight: false,
-                connect_when_token_arrives: false,
-                page_listeners: Vec::new(),
-                ready_waiters: Vec::new(),
-                channels,
-                store: Store::default(),
-                aside: None,
-                stale: false,
-                unverified: Vec::new(),
-                clock: ClockOffset::default(),
-                listeners: Vec::new(),
-                next_listener_id: 0,
-                outbox: Outbox::default(),
-                event_objects: Vec::new(),
-                snapshot_object: None,
-                status_object: None,
-            })
-        });
-        Ok(Client { inner })
+        let inner = Inner {
+            host: host.clone().unchecked_into(),
+            has_get_token: get(&options, "getToken").is_function(),
+            liveness_deadline_ms: deadline,
+            // Checked four times per deadline, at most once a second: cheap, and a dead
+            // link is noticed within a quarter deadline of the deadline.
+            tick_ms: (deadline / 4.0).clamp(50.0, 1_000.0) as u32,
+            started: false,
+            listening_to_page: false,
+            phase: Phase::Connecting,
+            token: get(&options, "token")
+                .as_string()
+                .filter(|token| !token.is_empty()),
+            socket: None,
+            generation: 0,
+            last_frame_at: 0.0,
+            tick: None,
+            retry_timer: None,
+            retry_at: 0.0,
+            attempt: 0,
+            close_code: None,
+            error: JsValue::NULL,
+            unauthorized_retry_used: false,
+            token_request_in_flight: false,
+            connect_when_token_arrives: false,
+            channels,
+            store: Store::default(),
+            aside: None,
+            stale: false,
+            unverified: Vec::new(),
+            clock: ClockOffset::default(),
+            outbox: Outbox::default(),
+            event_objects: Vec::new(),
+            snapshot_object: None,
+            status_object: None,
+        };
+        Client {
+            host,
+            inner: RefCell::new(inner),
+            later: RefCell::new(Vec::new()),
+        }
     }
 
     /// Connects (once; later calls do nothing).
     pub fn start(&self) {
-        enter(&self.inner, Inner::start);
-    }
-
-    /// Adds a listener for `event`, `remove`, `balance`, `notice`, `status` or `store`; returns
-    /// the id that `unlisten` takes.
-    pub fn listen(&self, topic: &str, listener: Function) -> Result<u32, JsValue> {
-        let mut inner = self.inner.borrow_mut();
-        let Some(topic) = Topic::parse(topic) else {
-            return Err(inner.error(
-                "INVALID_OPTIONS",
-                "unknown topic: use event, remove, balance, notice or status",
-                &[],
-            ));
-        };
-        inner.next_listener_id += 1;
-        let id = inner.next_listener_id;
-        inner.listeners.push((id, topic, listener));
-        Ok(id)
-    }
-
-    pub fn unlisten(&self, id: u32) {
-        self.inner
-            .borrow_mut()
-            .listeners
-            .retain(|(known, _, _)| *known != id);
+        self.enter(Box::new(Inner::start));
     }
 
     /// The immutable snapshot: the same object until something changes.
@@ -1231,12 +1078,12 @@ impl Client {
 
     pub fn subscribe(&self, channels: JsValue) {
         let names = js::strings(&channels);
-        enter(&self.inner, move |inner| inner.subscribe(names));
+        self.enter(Box::new(move |inner| inner.subscribe(names)));
     }
 
     pub fn unsubscribe(&self, channels: JsValue) {
         let names = js::strings(&channels);
-        enter(&self.inner, move |inner| inner.unsubscribe(names));
+        self.enter(Box::new(move |inner| inner.unsubscribe(names)));
     }
 
     /// Server time now, in milliseconds since the Unix epoch (local time corrected by the offset
@@ -1269,116 +1116,68 @@ impl Client {
         (js_sys::Date::parse(&closes_at) - self.server_now()).max(0.0)
     }
 
-    /// Resolves once every channel has been answered on an open socket (at once when live);
-    /// rejects when the client stops.
-    pub fn ready(&self) -> Promise {
-        let mut inner = self.inner.borrow_mut();
-        match inner.phase {
-            Phase::Live => Promise::resolve(&JsValue::UNDEFINED),
-            Phase::Closed => Promise::reject(&inner.closed_error()),
-            _ => {
-                let mut waiter = None;
-                let promise = Promise::new(&mut |resolve, reject| waiter = Some((resolve, reject)));
-                inner.ready_waiters.extend(waiter);
-                promise
-            }
-        }
-    }
-
-    /// `POST /api/events/{eventId}/votes`. Resolves with `{balance, totals}`; rejects with a
-    /// typed error carrying the contract's code (`INSUFFICIENT_BALANCE`, `EVENT_CLOSED`...),
-    /// `NETWORK_ERROR` when no answer came, or `CLIENT_CLOSED`. A 401 is retried once with a
-    /// fresh token from `getToken()`, under the same idempotency key.
-    pub fn vote(
-        &self,
-        event_id: String,
-        option_id: String,
-        votes: u32,
-        idempotency_key: Option<String>,
-    ) -> Promise {
-        let shared = self.inner.clone();
-        future_to_promise(
-            async move { vote(shared, event_id, option_id, votes, idempotency_key).await },
-        )
-    }
-
     /// Stops: closes the socket with 1000 and leaves no timer, socket or page listener behind.
     pub fn close(&self) {
-        enter(&self.inner, |inner| inner.stop(JsValue::NULL));
+        self.enter(Box::new(|inner| inner.stop(JsValue::NULL)));
     }
-}
 
-async fn vote(
-    shared: Shared,
-    event_id: String,
-    option_id: String,
-    votes: u32,
-    idempotency_key: Option<String>,
-) -> Result<JsValue, JsValue> {
-    let (url, mut token, get_token) = {
-        let inner = shared.borrow();
-        if inner.phase == Phase::Closed {
-            return Err(inner.error("CLIENT_CLOSED", "the client is closed", &[]));
-        }
-        let mut url = inner.api_url.clone();
-        url.push_str("/api/events/");
-        url.push_str(&String::from(js_sys::encode_uri_component(&event_id)));
-        url.push_str("/votes");
-        (url, inner.token.clone(), inner.get_token.clone())
-    };
-    let key = idempotency_key.unwrap_or_else(random_key);
-    let body = view::vote_body(&option_id, votes);
-    let mut renewed = false;
-    loop {
-        if token.is_none() && !renewed {
-            if let Some(get_token) = &get_token {
-                token = fetch_token(get_token).await;
-                renewed = true;
+    /// The host's report of the socket of `generation`: `kind` 0 opened, 1 a frame (`value` is
+    /// its `JSON.parse`d content, `undefined` when it was not JSON text), 2 closed (`value` is
+    /// the close code).
+    pub fn socket(&self, generation: u32, kind: u32, value: JsValue) {
+        self.enter(Box::new(move |inner| match kind {
+            0 => inner.on_open(generation),
+            1 => inner.on_message(generation, value),
+            _ => inner.on_close(generation, value.as_f64().unwrap_or(0.0) as u16),
+        }));
+    }
+
+    /// A timer or a page event: `kind` 1 is the reconnect timer, anything else the liveness
+    /// tick or a page wake-up (`online`, `focus`, `visibilitychange`).
+    pub fn wake(&self, kind: u32) {
+        self.enter(Box::new(move |inner| {
+            if kind == 1 {
+                inner.open_socket();
+            } else {
+                inner.check();
             }
+        }));
+    }
+
+    /// What `getToken()` gave (`undefined` when it threw, rejected or gave no non-empty string).
+    #[wasm_bindgen(js_name = tokenArrived)]
+    pub fn token_arrived(&self, token: Option<String>) {
+        self.enter(Box::new(move |inner| inner.on_token(token)));
+    }
+
+    /// `GET /api/events/{id}` answered `status` (0 when no answer came) with a parsed `body`.
+    pub fn verified(&self, id: &str, status: u16, body: JsValue) {
+        if let Ok(id) = Uuid::try_parse(id) {
+            self.enter(Box::new(move |inner| inner.on_verified(id, status, body)));
         }
-        let answer = http::request(
-            "POST",
-            &url,
-            token.as_deref(),
-            Some(body.clone()),
-            Some(&key),
-        )
-        .await;
-        let inner = shared.borrow();
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(cause) => {
-                return Err(inner.error(
-                    "NETWORK_ERROR",
-                    "the vote request got no answer",
-                    &[("cause", cause)],
-                ));
-            }
+    }
+
+    /// The token the client holds now (for `vote()`).
+    pub fn token(&self) -> Option<String> {
+        self.inner.borrow().token.clone()
+    }
+
+    /// A successful `POST /api/events/{id}/votes` answered `body`; `token` is the one
+    /// `getToken()` gave for it, if it asked. Records the balance and freezes `body`; false
+    /// when `body` is not a vote answer.
+    pub fn voted(&self, body: JsValue, token: Option<String>) -> bool {
+        let Some(response) = decode::vote_response(&body) else {
+            return false;
         };
-        if answer.status == 401 && !renewed && get_token.is_some() {
-            drop(inner);
-            token = None;
-            continue;
-        }
-        if !answer.ok() {
-            let (code, message) = answer.error_code();
-            return Err(inner.error(&code, &message, &[("status", answer.status.into())]));
-        }
-        let Some(response) = decode::vote_response(&answer.body) else {
-            return Err(inner.error("BAD_RESPONSE", "the vote answer was not understood", &[]));
-        };
-        drop(inner);
-        if renewed {
+        self.enter(Box::new(move |inner| {
             if let Some(token) = token {
-                enter(&shared, move |inner| inner.token = Some(token));
+                inner.token = Some(token);
             }
-        }
-        enter(&shared, move |inner| {
             if inner.store.set_balance(response.balance) {
                 inner.outbox.balance = true;
             }
-        });
-        js::deep_freeze(&answer.body);
-        return Ok(answer.body);
+        }));
+        self.host.freeze(&body);
+        true
     }
 }

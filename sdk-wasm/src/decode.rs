@@ -18,7 +18,7 @@ use livevote_protocol::{
 use uuid::Uuid;
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::js::get;
+use crate::js::{as_array, get};
 
 /// Integers a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -72,10 +72,7 @@ fn totals(value: &JsValue) -> Option<Totals> {
 }
 
 fn strings(value: &JsValue) -> Option<Vec<String>> {
-    if !Array::is_array(value) {
-        return None;
-    }
-    Array::from(value)
+    as_array(value)?
         .iter()
         .map(|item| item.as_string())
         .collect()
@@ -83,11 +80,7 @@ fn strings(value: &JsValue) -> Option<Vec<String>> {
 
 /// The event object of EVENT_CREATED and of `GET /api/events/{id}`.
 pub fn event(value: &JsValue) -> Option<Event> {
-    let options = get(value, "options");
-    if !Array::is_array(&options) {
-        return None;
-    }
-    let options = Array::from(&options)
+    let options = as_array(&get(value, "options"))?
         .iter()
         .map(|option| {
             Some(EventOption {

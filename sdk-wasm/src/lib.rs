@@ -3,14 +3,15 @@
 //! The package's JavaScript wraps [`Client`]; everything that decides something lives here:
 //! the socket and its reconnect policy ([`policy`]), the merge of server messages into state
 //! ([`state`]), the server clock ([`clock`]). Those three are plain Rust, tested against the
-//! protocol's golden fixtures; the rest talks to JavaScript. JSON is parsed by the JavaScript
-//! engine (`JSON.parse`) and read into the protocol's serde types by [`decode`], so the wasm
-//! carries no JSON parser and no number formatting.
+//! protocol's golden fixtures; the rest talks to JavaScript. The JavaScript side only carries
+//! out what the client decides (constructs the socket, arms timers, calls `getToken()`, fetches)
+//! and reports back, so the wasm holds no closures and no futures. JSON is parsed by the
+//! JavaScript engine (`JSON.parse`) and read into the protocol's serde types by [`decode`], so
+//! the wasm carries no JSON parser and no number formatting.
 
 mod client;
 pub mod clock;
 pub mod decode;
-mod http;
 mod js;
 pub mod policy;
 pub mod state;

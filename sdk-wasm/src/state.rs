@@ -55,9 +55,9 @@ impl EventState {
         self.totals = merged;
     }
 
-    fn close(&mut self, result: &EventResult) {
+    fn close(&mut self, result: EventResult) {
         self.set_totals(&result.totals);
-        self.result = Some(result.clone());
+        self.result = Some(result);
         self.closed = true;
         self.stale = false;
     }
@@ -144,19 +144,26 @@ impl Store {
 
     /// Merges one server message.
     pub fn apply(&mut self, message: &ServerMessage) -> Change {
+        self.merge(message.clone())
+    }
+
+    /// [`Store::apply`] for a message the caller no longer needs: nothing is cloned. The client
+    /// uses this one, so that no clone of an event or its totals is linked into the wasm.
+    pub fn merge(&mut self, message: ServerMessage) -> Change {
         match message {
             ServerMessage::EventCreated(created) => {
-                let event = &created.event;
-                match self.get_mut(event.id) {
+                let event = created.event;
+                let id = event.id;
+                match self.get_mut(id) {
                     None => {
-                        self.events.push(EventState::new(event.clone()));
-                        Change::Event(event.id)
+                        self.events.push(EventState::new(event));
+                        Change::Event(id)
                     }
                     // A second EVENT_CREATED (a snapshot after a live message, or the same event
                     // through two channels) may only refresh the definition; totals and seq stay.
-                    Some(state) if !state.closed && state.event != *event => {
-                        state.event = event.clone();
-                        Change::Event(event.id)
+                    Some(state) if !state.closed && state.event != event => {
+                        state.event = event;
+                        Change::Event(id)
                     }
                     Some(_) => Change::Nothing,
                 }
@@ -172,14 +179,14 @@ impl Store {
                 }
                 state.seq = Some(update.seq);
                 state.set_totals(&update.totals);
-                if let Some(closes_at) = &update.closes_at {
-                    state.closes_at = closes_at.clone();
+                if let Some(closes_at) = update.closes_at {
+                    state.closes_at = closes_at;
                 }
                 Change::Event(update.event_id)
             }
             ServerMessage::EventClosed(closed) => match self.get_mut(closed.event_id) {
                 Some(state) if !state.closed => {
-                    state.close(&closed.result);
+                    state.close(closed.result);
                     Change::Event(closed.event_id)
                 }
                 _ => Change::Nothing,
@@ -222,11 +229,14 @@ impl Store {
             let id = old.event.id;
             if let Some(position) = fresh_events.iter().position(|state| state.event.id == id) {
                 let new = fresh_events.remove(position);
-                let keep = if old.closed { old.clone() } else { new };
-                if keep != old {
-                    adoption.changed.push(id);
+                if old.closed {
+                    merged.push(old);
+                } else {
+                    if new != old {
+                        adoption.changed.push(id);
+                    }
+                    merged.push(new);
                 }
-                merged.push(keep);
             } else if !carried(&old) {
                 adoption.removed.push(id);
             } else if old.closed {
@@ -250,6 +260,11 @@ impl Store {
     /// Applies `GET /api/events/{id}`'s answer to an event whose fresh state was missing.
     /// A closed answer always applies (terminal); an open one only refreshes a still-stale state.
     pub fn apply_view(&mut self, view: &EventView) -> Change {
+        self.merge_view(view.clone())
+    }
+
+    /// [`Store::apply_view`] for an answer the caller no longer needs: nothing is cloned.
+    pub fn merge_view(&mut self, view: EventView) -> Change {
         let id = view.event.id;
         let Some(state) = self.get_mut(id) else {
             return Change::Nothing;
@@ -257,7 +272,7 @@ impl Store {
         if state.closed {
             return Change::Nothing;
         }
-        match (&view.status, &view.result) {
+        match (view.status, view.result) {
             (EventStatus::Closed, Some(result)) => state.close(result),
             (EventStatus::Closed, None) => {
                 // A closed event without a result should not exist; its totals are still final.
@@ -266,8 +281,8 @@ impl Store {
                 state.stale = false;
             }
             (EventStatus::Open, _) if state.stale => {
-                state.event = view.event.clone();
                 state.closes_at = view.event.closes_at.clone();
+                state.event = view.event;
                 state.set_totals(&view.totals);
                 state.stale = false;
             }

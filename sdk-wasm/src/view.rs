@@ -1,7 +1,6 @@
-//! Builds the JavaScript values the client hands out or sends: an event's state (`EventState`
-//! in the package's TypeScript declarations) and the socket commands. Built by hand rather than
-//! through serde so that the wasm links no serializer and no number formatting: JavaScript
-//! numbers are set as numbers, and `JSON.stringify` writes the text.
+//! Builds the JavaScript values the client hands out: an event's state (`EventState` in the
+//! package's TypeScript declarations). Built by hand rather than through serde so that the wasm
+//! links no serializer and no number formatting: JavaScript numbers are set as numbers.
 
 use js_sys::{Array, Object};
 use livevote_protocol::{EventResult, Totals};
@@ -83,35 +82,4 @@ pub fn event_state(state: &EventState) -> JsValue {
     );
     set(&object, "stale", &state.stale.into());
     object.into()
-}
-
-/// A socket command as JSON text: `{"action": ..., "channels": [...]}` or `{"action":
-/// "refresh", "token": ...}` (the contract's client commands).
-pub fn command(action: &str, channels: &[String], token: Option<&str>) -> String {
-    let object = Object::new();
-    set(&object, "action", &action.into());
-    if let Some(token) = token {
-        set(&object, "token", &token.into());
-    } else {
-        let names = Array::new();
-        for name in channels {
-            names.push(&name.as_str().into());
-        }
-        set(&object, "channels", &names);
-    }
-    stringify(&object)
-}
-
-/// The body of `POST /api/events/{id}/votes`.
-pub fn vote_body(option_id: &str, votes: u32) -> String {
-    let object = Object::new();
-    set(&object, "optionId", &option_id.into());
-    set(&object, "votes", &votes.into());
-    stringify(&object)
-}
-
-fn stringify(value: &JsValue) -> String {
-    js_sys::JSON::stringify(value)
-        .map(String::from)
-        .unwrap_or_default()
 }
