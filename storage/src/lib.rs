@@ -45,7 +45,8 @@ pub struct VoteCommand {
     pub idempotency: Option<IdempotencyKey>,
     /// The server's clock at acceptance; votes at or after `closesAt` are refused.
     pub now: DateTime<Utc>,
-    /// Credited (as a ledger entry) first if the user is new to the ledger.
+    /// Credited (as a ledger entry) first if the user is new to the ledger, even when the vote
+    /// itself is then refused: the request still authenticated the user.
     pub initial_balance: i64,
 }
 
@@ -200,7 +201,9 @@ pub trait Store: Send + Sync + 'static {
     /// The user's ledger entries, oldest first (for audits and tests).
     async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError>;
 
-    /// Total number of SQL statements the store has executed (for benchmarks such as "how
-    /// many queries did a reconnect storm cost").
+    /// Total number of SQL statements the store has executed for its callers (for benchmarks
+    /// such as "how many queries did a reconnect storm cost"). Background upkeep (schema
+    /// migrations, WAL checkpoints, purging expired idempotency keys) is not counted, so that
+    /// an idle store's count stays put.
     fn query_count(&self) -> u64;
 }

@@ -1,16 +1,20 @@
 //! The single writer task: every change to the database goes through it.
 //!
-//! It takes whatever commands are queued (up to [`MAX_BATCH`]), checks each in arrival order
-//! against state it keeps in memory (balances of known users, events with their totals and
-//! `seq`), and writes the whole group in one transaction with a few multi-row statements. Each
-//! caller is answered only after COMMIT, so an answer means the change is durable; if the
-//! transaction fails, every command of the group gets the error and the in-memory state is
-//! dropped, to be reloaded from the database on demand.
+//! It takes whatever commands are queued (up to [`MAX_BATCH`], after a short wait for callers
+//! it has just answered), checks each in arrival order against state it keeps in memory
+//! (balances of known users, events with their totals and `seq`), and writes the whole group in
+//! one transaction: one round trip for `BEGIN IMMEDIATE` and `PRAGMA data_version`, one to load
+//! what the cache lacks, and one carrying a few multi-row statements followed by COMMIT. Each
+//! caller is answered only after COMMIT, so an answer means the change is durable. Because
+//! commands are checked one after the other, two votes cannot spend the same balance and two
+//! identical idempotent requests cannot both apply, even within one batch. A request that a
+//! check refuses writes nothing and leaves no idempotency record.
 //!
-//! The in-memory state is a cache of the database, never ahead of it once a batch ends. It stays
-//! correct with other processes writing the same file because every batch starts with
-//! `BEGIN IMMEDIATE` (the write lock) and `PRAGMA data_version`, which changes when any other
-//! connection has committed since: the cache is then thrown away before anything is checked.
+//! If the transaction fails, every command of the group gets the error and the in-memory state
+//! is dropped, to be reloaded from the database on demand: it is a cache of the database, never
+//! ahead of it once a batch ends. It stays correct with other processes writing the same file
+//! because `PRAGMA data_version`, read under the write lock, changes when any other connection
+//! has committed since; the cache is then thrown away before anything is checked.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
