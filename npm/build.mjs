@@ -19,6 +19,12 @@ const bindgen = resolve(bindgenArgument);
 const dist = resolve(distArgument);
 
 const wasm = await readFile(join(bindgen, "livevote_sdk_bg.wasm"));
+
+// wasm-opt renamed the imports, the exports and the import module to one or two letters
+// (minified-names.json, written by `cargo xtask npm`); the glue must call them by those names.
+const renaming = JSON.parse(await readFile(join(bindgen, "minified-names.json"), "utf8"));
+const glue = join(bindgen, "livevote_sdk.min.js");
+await writeFile(glue, renameGlue(await readFile(join(bindgen, "livevote_sdk.js"), "utf8"), renaming, new WebAssembly.Module(wasm)));
 const inline = join(bindgen, "inline.js");
 // gzip, then base64 (see inflateWasm in src/core.js for why).
 const gzipped = gzipSync(wasm, { level: constants.Z_BEST_COMPRESSION });
@@ -41,7 +47,7 @@ for (const entry of entries) {
     publicDir: false,
     resolve: {
       alias: {
-        "livevote:glue": join(bindgen, "livevote_sdk.js"),
+        "livevote:glue": glue,
         "livevote:inline": inline,
       },
     },
@@ -57,7 +63,8 @@ for (const entry of entries) {
         name: "livevote",
         fileName: () => entry.file,
       },
-      rollupOptions: { external: ["ws"] },
+      // Whitespace too: Vite leaves it in ES-format libraries unless told.
+      rollupOptions: { external: ["ws"], output: { minify: true } },
     },
   });
 }
@@ -68,3 +75,24 @@ const urlCode = await readFile(urlEntry, "utf8");
 if (!urlCode.includes("__LIVEVOTE_WASM_URL__")) throw new Error("url.js lost its wasm URL placeholder");
 await writeFile(urlEntry, urlCode.replace("__LIVEVOTE_WASM_URL__", 'new URL("./livevote_sdk_bg.wasm",import.meta.url)'));
 await copyFile(join(bindgen, "livevote_sdk_bg.wasm"), join(dist, "livevote_sdk_bg.wasm"));
+
+/** The wasm-bindgen glue with wasm-opt's short import, export and module names. */
+function renameGlue(code, { imports, exports }, module) {
+  // A whole identifier (or `wasm.<export>`), not part of a longer one.
+  const word = (name) => new RegExp(`(?<![\\w$])${name.replace(/[.$]/g, "\\$&")}(?![\\w$])`, "g");
+  const modules = new Set(imports.map(([from]) => from));
+  const shortModules = new Set(WebAssembly.Module.imports(module).map((entry) => entry.module));
+  if (modules.size !== 1 || shortModules.size !== 1) throw new Error("the glue expects one import module");
+  const quoted = JSON.stringify([...modules][0]);
+  if (!code.includes(quoted)) throw new Error(`the glue does not name the module ${quoted}`);
+  code = code.replaceAll(quoted, JSON.stringify([...shortModules][0]));
+  for (const [, name, short] of imports) {
+    if (!word(name).test(code)) throw new Error(`the glue does not define the import ${name}`);
+    code = code.replace(word(name), () => short);
+  }
+  for (const [name, short] of exports) code = code.replace(word(`wasm.${name}`), () => `wasm.${short}`);
+  for (const name of [...imports.map(([, name]) => name), ...exports.map(([name]) => `wasm.${name}`)]) {
+    if (word(name).test(code)) throw new Error(`the glue still uses ${name}`);
+  }
+  return code;
+}

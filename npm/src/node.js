@@ -1,8 +1,10 @@
 // The entry Node resolves: the inlined wasm of the default entry, and the `ws` package as the
 // WebSocket when Node has none of its own (Node 20) and the options pass none.
 import initWasm, { Client } from "livevote:glue";
-import wasmGzipBase64 from "livevote:inline";
 import { makeConnect, once, inflateWasm } from "./core.js";
+// Imported last so that the bundle ends with the inlined bytes: gzip then codes the JavaScript
+// and the base64 text in separate blocks, each with its own tables (about 1 KB smaller).
+import wasmGzipBase64 from "livevote:inline";
 
 export { LivevoteError } from "./core.js";
 
