@@ -36,9 +36,12 @@ pub enum BrokerMessage {
         seq: u64,
         closed_at_ms: i64,
     },
+    /// `version` is the ledger entry behind `balance`: a larger one is newer, so a change that
+    /// arrives after a later one is dropped instead of showing a stale balance.
     BalanceChanged {
         user_id: Uuid,
         balance: i64,
+        version: u64,
     },
     Notice {
         target: NoticeTarget,

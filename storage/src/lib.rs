@@ -63,6 +63,9 @@ pub struct VoteReceipt {
     pub totals: Totals,
     /// The event's `seq` after this vote.
     pub seq: u64,
+    /// The id of the ledger entry that produced `balance`. One user's entries get growing ids,
+    /// so a larger version is a newer balance, across nodes too (0 on a replay).
+    pub balance_version: u64,
     /// True when this is the stored answer of an earlier request with the same key:
     /// nothing changed and nothing should be published.
     pub replayed: bool,
@@ -82,6 +85,8 @@ pub struct CreditCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditReceipt {
     pub balance: i64,
+    /// As in [`VoteReceipt::balance_version`].
+    pub balance_version: u64,
     pub replayed: bool,
 }
 

@@ -329,3 +329,39 @@ async fn credits_make_the_target_known_first() {
         "crediting does not make the admin known"
     );
 }
+
+/// Each balance change names its ledger entry; one user's versions only grow, across a
+/// restart too, so a subscriber can tell a newer balance from a stale one arriving late.
+#[tokio::test]
+async fn balance_versions_grow_with_every_change() {
+    let stored = support::file_store().await;
+    let user_id = Uuid::new_v4();
+    stored.store.ensure_user(user_id, 100).await.unwrap();
+    let event = open_event(&stored.store, 1).await;
+    let mut versions = Vec::new();
+    for _ in 0..3 {
+        let receipt = stored
+            .store
+            .cast_vote(vote(user_id, &event, "a", 1))
+            .await
+            .unwrap();
+        versions.push(receipt.balance_version);
+    }
+    let credited = stored
+        .store
+        .credit(credit(Uuid::new_v4(), user_id, 5))
+        .await
+        .unwrap();
+    versions.push(credited.balance_version);
+    assert!(
+        versions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{versions:?}"
+    );
+
+    let reopened = SqliteStore::connect(&stored.url).await.unwrap();
+    let after_restart = reopened
+        .cast_vote(vote(user_id, &event, "a", 1))
+        .await
+        .unwrap();
+    assert!(after_restart.balance_version > *versions.last().unwrap());
+}

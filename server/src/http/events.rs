@@ -286,6 +286,7 @@ pub async fn vote(
             .publish(BrokerMessage::BalanceChanged {
                 user_id: claims.sub,
                 balance: receipt.balance,
+                version: receipt.balance_version,
             })
             .await?;
     }

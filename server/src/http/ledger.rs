@@ -80,6 +80,7 @@ pub async fn credit(
             .publish(BrokerMessage::BalanceChanged {
                 user_id,
                 balance: receipt.balance,
+                version: receipt.balance_version,
             })
             .await?;
     }

@@ -3,7 +3,6 @@
 //! serialized once; its EVENT_UPDATED once per seq.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use livevote_hub::{EventRoute, EventUpdate, SharedMessage, Snapshot};
@@ -285,21 +284,23 @@ struct CachedBalance {
 const BALANCE_SHARDS: usize = 16;
 
 /// Balances of users this node has seen (a user is known to the ledger once it is here).
-/// `version` orders one user's balances for the outboxes' latest-value slots.
+/// `version` is the ledger entry behind the balance (see `BrokerMessage::BalanceChanged`); it
+/// orders one user's balances here and in the outboxes' latest-value slots.
 #[derive(Debug)]
 pub(crate) struct BalanceCache {
     shards: Box<[Mutex<HashMap<Uuid, CachedBalance>>]>,
-    next_version: AtomicU64,
 }
 
 impl Default for BalanceCache {
     fn default() -> Self {
         BalanceCache {
             shards: (0..BALANCE_SHARDS).map(|_| Mutex::default()).collect(),
-            next_version: AtomicU64::new(1),
         }
     }
 }
+
+/// The version of a balance read from the store without naming its entry: older than any change.
+const UNVERSIONED: u64 = 0;
 
 impl BalanceCache {
     fn shard(&self, user_id: Uuid) -> &Mutex<HashMap<Uuid, CachedBalance>> {
@@ -318,24 +319,34 @@ impl BalanceCache {
             .map(|cached| (cached.balance, cached.version))
     }
 
-    /// A change from the ledger: always replaces. Returns the new version.
-    pub(crate) fn set(&self, user_id: Uuid, balance: i64) -> u64 {
+    /// A change from the ledger; kept only if newer than what is cached. Returns whether it was.
+    pub(crate) fn set(&self, user_id: Uuid, balance: i64, version: u64) -> bool {
         let mut shard = self.shard(user_id).lock();
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        if shard
+            .get(&user_id)
+            .is_some_and(|cached| cached.version >= version)
+        {
+            return false;
+        }
         shard.insert(user_id, CachedBalance { balance, version });
-        version
+        true
     }
 
-    /// A balance read from the store: kept only if nothing newer arrived meanwhile. Returns
-    /// the version when it was inserted.
+    /// A balance read from the store: kept only if nothing arrived meanwhile. Returns the
+    /// version when it was inserted.
     pub(crate) fn insert_if_absent(&self, user_id: Uuid, balance: i64) -> Option<u64> {
         let mut shard = self.shard(user_id).lock();
         if shard.contains_key(&user_id) {
             return None;
         }
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        shard.insert(user_id, CachedBalance { balance, version });
-        Some(version)
+        shard.insert(
+            user_id,
+            CachedBalance {
+                balance,
+                version: UNVERSIONED,
+            },
+        );
+        Some(UNVERSIONED)
     }
 }
 

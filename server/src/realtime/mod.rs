@@ -157,10 +157,18 @@ impl Realtime {
                     self.hub.publish_event_closed(route, &closed);
                 }
             }
-            BrokerMessage::BalanceChanged { user_id, balance } => {
-                let version = self.balances.set(*user_id, *balance);
-                self.hub
-                    .publish_balance(*user_id, version, &encode_balance(*user_id, *balance));
+            BrokerMessage::BalanceChanged {
+                user_id,
+                balance,
+                version,
+            } => {
+                if self.balances.set(*user_id, *balance, *version) {
+                    self.hub.publish_balance(
+                        *user_id,
+                        *version,
+                        &encode_balance(*user_id, *balance),
+                    );
+                }
             }
             BrokerMessage::Notice {
                 target,

@@ -154,6 +154,9 @@ struct State {
     events: HashMap<Uuid, EventRecord>,
     /// `PRAGMA data_version` when the cache was last known to match the database.
     data_version: Option<i64>,
+    /// The id the next ledger entry gets. Assigned here rather than by SQLite so that every
+    /// receipt can name its entry, which orders one user's balances (`balance_version`).
+    next_ledger_id: Option<i64>,
 }
 
 /// One group of commands on its way to a single commit.
@@ -177,6 +180,7 @@ struct Answer {
 }
 
 struct LedgerRow {
+    id: i64,
     user_id: Uuid,
     amount: i64,
     /// The user's balance after this entry.
@@ -211,6 +215,7 @@ impl Writer {
                 balances: HashMap::new(),
                 events: HashMap::new(),
                 data_version: None,
+                next_ledger_id: None,
             },
         }
     }
@@ -333,6 +338,7 @@ impl State {
         self.balances.clear();
         self.events.clear();
         self.data_version = None;
+        self.next_ledger_id = None;
     }
 
     fn trim_caches(&mut self) {
@@ -361,8 +367,16 @@ impl State {
                 tracing::debug!("another connection wrote to the database; reloading the cache");
                 self.balances.clear();
                 self.events.clear();
+                self.next_ledger_id = None;
             }
             self.data_version = Some(data_version);
+        }
+        if self.next_ledger_id.is_none() {
+            self.queries.add(1);
+            let next: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM ledger")
+                .fetch_one(&mut *connection)
+                .await?;
+            self.next_ledger_id = Some(next);
         }
         self.prefetch(connection, commands.as_slice(), batch)
             .await?;
@@ -530,7 +544,9 @@ impl State {
         }
         self.balances.insert(user_id, initial_balance);
         batch.new_users.push(user_id);
+        let id = take_ledger_id(&mut self.next_ledger_id);
         batch.ledger.push(LedgerRow {
+            id,
             user_id,
             amount: initial_balance,
             balance: initial_balance,
@@ -565,6 +581,7 @@ impl State {
                     balance: stored.balance,
                     totals: stored.totals,
                     seq: stored.seq,
+                    balance_version: 0,
                     replayed: true,
                 }));
             }
@@ -603,7 +620,9 @@ impl State {
         }
         record.seq += 1;
         batch.dirty_events.insert(event_id);
+        let id = take_ledger_id(&mut self.next_ledger_id);
         batch.ledger.push(LedgerRow {
+            id,
             user_id,
             amount: -needed,
             balance,
@@ -636,6 +655,7 @@ impl State {
             balance,
             totals: record.totals.clone(),
             seq: record.seq,
+            balance_version: id as u64,
             replayed: false,
         }))
     }
@@ -660,6 +680,7 @@ impl State {
                 let stored: StoredCreditAnswer = from_json(&answer.response)?;
                 return Ok(Ok(CreditReceipt {
                     balance: stored.balance,
+                    balance_version: 0,
                     replayed: true,
                 }));
             }
@@ -670,7 +691,9 @@ impl State {
             ))));
         };
         self.balances.insert(user_id, balance);
+        let id = take_ledger_id(&mut self.next_ledger_id);
         batch.ledger.push(LedgerRow {
+            id,
             user_id,
             amount,
             balance,
@@ -693,6 +716,7 @@ impl State {
         }
         Ok(Ok(CreditReceipt {
             balance,
+            balance_version: id as u64,
             replayed: false,
         }))
     }
@@ -884,12 +908,13 @@ impl State {
         for chunk in batch.ledger.chunks(ROWS_PER_STATEMENT) {
             statements += 1;
             query.push(
-                "INSERT INTO ledger (user_id, amount, balance, kind, event_id, option_id, votes, \
-                 reason, created_at) ",
+                "INSERT INTO ledger (id, user_id, amount, balance, kind, event_id, option_id, \
+                 votes, reason, created_at) ",
             );
             query.push_values(chunk, |mut row, entry| {
                 let vote = entry.vote.as_ref();
-                row.push_bind(entry.user_id)
+                row.push_bind(entry.id)
+                    .push_bind(entry.user_id)
                     .push_bind(entry.amount)
                     .push_bind(entry.balance)
                     .push_bind(kind_name(entry.kind))
@@ -931,6 +956,14 @@ impl State {
         query.build().execute(&mut *connection).await?;
         Ok(())
     }
+}
+
+/// The id of the ledger entry about to be pushed; `write` loads the counter before any command
+/// runs. A free function so it can be called while an event of the cache is borrowed.
+fn take_ledger_id(next_ledger_id: &mut Option<i64>) -> i64 {
+    let id = next_ledger_id.unwrap_or(1);
+    *next_ledger_id = Some(id + 1);
+    id
 }
 
 fn compare_existing(
