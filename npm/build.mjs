@@ -6,8 +6,9 @@
 import { readFile, writeFile, mkdir, rm, copyFile } from "node:fs/promises";
 import { resolve, join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { gzipSync, constants } from "node:zlib";
+import { execFileSync } from "node:child_process";
 import { build } from "vite";
+import { unlzma } from "./src/unlzma.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const [bindgenArgument, distArgument] = process.argv.slice(2);
@@ -25,10 +26,14 @@ const wasm = await readFile(join(bindgen, "livevote_sdk_bg.wasm"));
 const renaming = JSON.parse(await readFile(join(bindgen, "minified-names.json"), "utf8"));
 const glue = join(bindgen, "livevote_sdk.min.js");
 await writeFile(glue, renameGlue(await readFile(join(bindgen, "livevote_sdk.js"), "utf8"), renaming, new WebAssembly.Module(wasm)));
+// The inlined wasm: raw LZMA (see src/unlzma.js), then base64. Decoded here with the package's
+// own decoder, so that a build whose decoder would not give the wasm back fails.
+const packed = lzma(wasm);
+if (Buffer.compare(Buffer.from(unlzma(packed, wasm.length)), wasm) !== 0) {
+  throw new Error("src/unlzma.js does not give the wasm back from its LZMA stream");
+}
 const inline = join(bindgen, "inline.js");
-// gzip, then base64 (see inflateWasm in src/core.js for why).
-const gzipped = gzipSync(wasm, { level: constants.Z_BEST_COMPRESSION });
-await writeFile(inline, `export default ${JSON.stringify(gzipped.toString("base64"))};\n`);
+await writeFile(inline, `export const size = ${wasm.length};\nexport default ${JSON.stringify(packed.toString("base64"))};\n`);
 
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });
@@ -95,4 +100,21 @@ function renameGlue(code, { imports, exports }, module) {
     if (word(name).test(code)) throw new Error(`the glue still uses ${name}`);
   }
   return code;
+}
+
+/**
+ * `bytes` as a raw LZMA stream with the parameters src/unlzma.js decodes (lc=3, lp=0, pb=0),
+ * by xz (XZ Utils), or by Python's lzma module (the same liblzma) where xz is missing.
+ */
+function lzma(bytes) {
+  const options = { input: bytes, maxBuffer: 64 * 1024 * 1024 };
+  try {
+    return execFileSync("xz", ["--format=raw", "--lzma1=preset=9e,lc=3,lp=0,pb=0", "--stdout"], options);
+  } catch (error) {
+    if (error.code !== "ENOENT") throw error;
+  }
+  const script =
+    "import lzma, sys; sys.stdout.buffer.write(lzma.compress(sys.stdin.buffer.read(), format=lzma.FORMAT_RAW, " +
+    "filters=[{'id': lzma.FILTER_LZMA1, 'preset': 9 | lzma.PRESET_EXTREME, 'lc': 3, 'lp': 0, 'pb': 0}]))";
+  return execFileSync("python3", ["-c", script], options);
 }

@@ -287,16 +287,3 @@ export function once(init) {
     return pending;
   };
 }
-
-/**
- * Turns the inlined wasm back into bytes. It is inlined gzipped, then base64: gzip first so
- * that the page downloads about what the bare .wasm would cost compressed (base64 of raw wasm
- * compresses badly). `atob` and `DecompressionStream` exist in Chrome 80+ and Node 18+.
- */
-export async function inflateWasm(text) {
-  const binary = atob(text);
-  const bytes = new Uint8Array(binary.length);
-  for (let index = 0; index < binary.length; index++) bytes[index] = binary.charCodeAt(index);
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}

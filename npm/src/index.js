@@ -1,15 +1,16 @@
-// The default entry for browsers and bundlers: the wasm is inlined (gzip, base64), so one file works
+// The default entry for browsers and bundlers: the wasm is inlined (LZMA, base64), so one file works
 // from a `file://` page, with Vite or webpack, and needs no server to fetch a .wasm from.
 import initWasm, { Client } from "livevote:glue";
-import { makeConnect, once, inflateWasm } from "./core.js";
+import { makeConnect, once } from "./core.js";
+import { unlzma } from "./unlzma.js";
 // Imported last so that the bundle ends with the inlined bytes: gzip then codes the JavaScript
 // and the base64 text in separate blocks, each with its own tables (about 1 KB smaller).
-import wasmGzipBase64 from "livevote:inline";
+import wasmBase64, { size as wasmSize } from "livevote:inline";
 
 export { LivevoteError } from "./core.js";
 
 const loadWasm = once(async () => {
-  await initWasm({ module_or_path: await inflateWasm(wasmGzipBase64) });
+  await initWasm({ module_or_path: unlzma(Uint8Array.from(atob(wasmBase64), (char) => char.charCodeAt(0)), wasmSize) });
   return Client;
 });
 
