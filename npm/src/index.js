@@ -1,11 +1,12 @@
 // The default entry for browsers and bundlers: the wasm is inlined (LZMA, base64), so one file works
 // from a `file://` page, with Vite or webpack, and needs no server to fetch a .wasm from.
+// Imported first so that the bundle starts with the inlined text (npm/build.mjs moves it there
+// in the module bundles, where the minifier puts it at its use): gzip then codes most of the
+// base64 text and most of the JavaScript in blocks of their own.
+import wasmBase64, { size as wasmSize } from "livevote:inline";
 import initWasm, { Client } from "livevote:glue";
 import { makeConnect, once } from "./core.js";
 import { unlzma } from "./unlzma.js";
-// Imported last so that the bundle ends with the inlined bytes: gzip then codes the JavaScript
-// and the base64 text in separate blocks, each with its own tables (about 1 KB smaller).
-import wasmBase64, { size as wasmSize } from "livevote:inline";
 
 export { LivevoteError } from "./core.js";
 

@@ -12,7 +12,7 @@
 //! releases it, and only then hands the changes to the page's listeners (`Host::emit`): a
 //! listener may call back into the client (even `close()`) safely.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, RefMut};
 
 use js_sys::{Array, Object};
 use livevote_protocol::{close_codes, notice_codes, Channel, ServerMessage};
@@ -768,7 +768,9 @@ impl Inner {
         } else {
             None
         };
-        let entry = &mut self.unverified[position];
+        let Some(entry) = self.unverified.get_mut(position) else {
+            return;
+        };
         entry.in_flight = false;
         if let Some(view) = view {
             self.unverified.remove(position);
@@ -965,7 +967,49 @@ impl Inner {
     }
 }
 
-type Work = Box<dyn FnOnce(&mut Inner)>;
+/// One way into the client: a call from the page or a report from the host.
+enum Work {
+    Start,
+    Close,
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    /// The socket of a generation: opened (0), a frame (1), closed (2); see `Client::socket`.
+    Socket(u32, u32, JsValue),
+    /// The reconnect timer (1), or the tick or a page event (anything else).
+    Wake(u32),
+    Token(Option<String>),
+    Verified(Uuid, u16, JsValue),
+    /// A vote's answer: the balance, and the token `getToken()` gave for it.
+    Voted(i64, Option<String>),
+}
+
+impl Inner {
+    fn run(&mut self, work: Work) {
+        match work {
+            Work::Start => self.start(),
+            Work::Close => self.stop(JsValue::NULL),
+            Work::Subscribe(names) => self.subscribe(names),
+            Work::Unsubscribe(names) => self.unsubscribe(names),
+            Work::Socket(generation, 0, _) => self.on_open(generation),
+            Work::Socket(generation, 1, frame) => self.on_message(generation, frame),
+            Work::Socket(generation, _, code) => {
+                self.on_close(generation, code.as_f64().unwrap_or(0.0) as u16)
+            }
+            Work::Wake(1) => self.open_socket(),
+            Work::Wake(_) => self.check(),
+            Work::Token(token) => self.on_token(token),
+            Work::Verified(id, status, body) => self.on_verified(id, status, body),
+            Work::Voted(balance, token) => {
+                if let Some(token) = token {
+                    self.token = Some(token);
+                }
+                if self.store.set_balance(balance) {
+                    self.outbox.balance = true;
+                }
+            }
+        }
+    }
+}
 
 /// The client the `livevote` package wraps (npm/src/core.js): the page's calls, and the
 /// host's reports of what happened (socket events, timers, tokens, HTTP answers).
@@ -975,19 +1019,21 @@ pub struct Client {
     inner: RefCell<Inner>,
     /// Work that arrived while the state was borrowed (a host call that called straight back
     /// in); it runs as soon as the work in progress is done.
-    later: RefCell<Vec<Work>>,
+    later: Cell<Vec<Work>>,
 }
 
 impl Client {
     /// Runs `work` on the state, then hands what it changed to the listeners.
     fn enter(&self, work: Work) {
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
-            self.later.borrow_mut().push(work);
+            let mut later = self.later.take();
+            later.push(work);
+            self.later.set(later);
             return;
         };
-        work(&mut inner);
+        inner.run(work);
         while let Some(work) = self.next_later() {
-            work(&mut inner);
+            inner.run(work);
         }
         let calls = inner.take_calls();
         drop(inner);
@@ -997,8 +1043,19 @@ impl Client {
     }
 
     fn next_later(&self) -> Option<Work> {
-        let mut later = self.later.borrow_mut();
-        (!later.is_empty()).then(|| later.remove(0))
+        let mut later = self.later.take();
+        let next = (!later.is_empty()).then(|| later.remove(0));
+        self.later.set(later);
+        next
+    }
+
+    /// The state, for the page's reads. Only a page calling back in from inside the client
+    /// (from a WebSocket constructor, say) finds it borrowed: that throws rather than panics, so
+    /// no panic message formatting is linked for it.
+    fn state(&self) -> RefMut<'_, Inner> {
+        self.inner.try_borrow_mut().unwrap_or_else(|_| {
+            wasm_bindgen::throw_str("livevote: the client was called from inside itself")
+        })
     }
 }
 
@@ -1062,35 +1119,35 @@ impl Client {
         Client {
             host,
             inner: RefCell::new(inner),
-            later: RefCell::new(Vec::new()),
+            later: Cell::new(Vec::new()),
         }
     }
 
     /// Connects (once; later calls do nothing).
     pub fn start(&self) {
-        self.enter(Box::new(Inner::start));
+        self.enter(Work::Start);
     }
 
     /// The immutable snapshot: the same object until something changes.
     pub fn snapshot(&self) -> JsValue {
-        self.inner.borrow_mut().snapshot()
+        self.state().snapshot()
     }
 
     pub fn subscribe(&self, channels: JsValue) {
         let names = js::strings(&channels);
-        self.enter(Box::new(move |inner| inner.subscribe(names)));
+        self.enter(Work::Subscribe(names));
     }
 
     pub fn unsubscribe(&self, channels: JsValue) {
         let names = js::strings(&channels);
-        self.enter(Box::new(move |inner| inner.unsubscribe(names)));
+        self.enter(Work::Unsubscribe(names));
     }
 
     /// Server time now, in milliseconds since the Unix epoch (local time corrected by the offset
     /// estimated from PINGs).
     #[wasm_bindgen(js_name = serverNow)]
     pub fn server_now(&self) -> f64 {
-        now() + self.inner.borrow().clock.offset_ms()
+        now() + self.state().clock.offset_ms()
     }
 
     /// Milliseconds until an event (an id or a state object) closes by the server's clock;
@@ -1098,11 +1155,7 @@ impl Client {
     #[wasm_bindgen(js_name = remainingMs)]
     pub fn remaining_ms(&self, event: JsValue) -> f64 {
         let event = match event.as_string().map(|id| Uuid::try_parse(&id)) {
-            Some(Ok(id)) => self
-                .inner
-                .borrow_mut()
-                .event_object(id)
-                .unwrap_or(JsValue::UNDEFINED),
+            Some(Ok(id)) => self.state().event_object(id).unwrap_or(JsValue::UNDEFINED),
             Some(Err(_)) => JsValue::UNDEFINED,
             None => event,
         };
@@ -1118,48 +1171,38 @@ impl Client {
 
     /// Stops: closes the socket with 1000 and leaves no timer, socket or page listener behind.
     pub fn close(&self) {
-        self.enter(Box::new(|inner| inner.stop(JsValue::NULL)));
+        self.enter(Work::Close);
     }
 
     /// The host's report of the socket of `generation`: `kind` 0 opened, 1 a frame (`value` is
     /// its `JSON.parse`d content, `undefined` when it was not JSON text), 2 closed (`value` is
     /// the close code).
     pub fn socket(&self, generation: u32, kind: u32, value: JsValue) {
-        self.enter(Box::new(move |inner| match kind {
-            0 => inner.on_open(generation),
-            1 => inner.on_message(generation, value),
-            _ => inner.on_close(generation, value.as_f64().unwrap_or(0.0) as u16),
-        }));
+        self.enter(Work::Socket(generation, kind, value));
     }
 
     /// A timer or a page event: `kind` 1 is the reconnect timer, anything else the liveness
     /// tick or a page wake-up (`online`, `focus`, `visibilitychange`).
     pub fn wake(&self, kind: u32) {
-        self.enter(Box::new(move |inner| {
-            if kind == 1 {
-                inner.open_socket();
-            } else {
-                inner.check();
-            }
-        }));
+        self.enter(Work::Wake(kind));
     }
 
     /// What `getToken()` gave (`undefined` when it threw, rejected or gave no non-empty string).
     #[wasm_bindgen(js_name = tokenArrived)]
     pub fn token_arrived(&self, token: Option<String>) {
-        self.enter(Box::new(move |inner| inner.on_token(token)));
+        self.enter(Work::Token(token));
     }
 
     /// `GET /api/events/{id}` answered `status` (0 when no answer came) with a parsed `body`.
     pub fn verified(&self, id: &str, status: u16, body: JsValue) {
         if let Ok(id) = Uuid::try_parse(id) {
-            self.enter(Box::new(move |inner| inner.on_verified(id, status, body)));
+            self.enter(Work::Verified(id, status, body));
         }
     }
 
     /// The token the client holds now (for `vote()`).
     pub fn token(&self) -> Option<String> {
-        self.inner.borrow().token.clone()
+        self.state().token.clone()
     }
 
     /// A successful `POST /api/events/{id}/votes` answered `body`; `token` is the one
@@ -1169,14 +1212,7 @@ impl Client {
         let Some(response) = decode::vote_response(&body) else {
             return false;
         };
-        self.enter(Box::new(move |inner| {
-            if let Some(token) = token {
-                inner.token = Some(token);
-            }
-            if inner.store.set_balance(response.balance) {
-                inner.outbox.balance = true;
-            }
-        }));
+        self.enter(Work::Voted(response.balance, token));
         self.host.freeze(&body);
         true
     }

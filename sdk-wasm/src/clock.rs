@@ -31,8 +31,9 @@ impl ClockOffset {
 
     /// The offset to add to local time to get server time; 0 before the first PING.
     pub fn offset_ms(&self) -> f64 {
-        self.samples[..self.count]
+        self.samples
             .iter()
+            .take(self.count)
             .copied()
             .reduce(f64::max)
             .unwrap_or(0.0)

@@ -18,7 +18,7 @@ use livevote_protocol::{
 use uuid::Uuid;
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::js::{as_array, get};
+use crate::js::{self, as_array, get};
 
 /// Integers a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -72,10 +72,10 @@ fn totals(value: &JsValue) -> Option<Totals> {
 }
 
 fn strings(value: &JsValue) -> Option<Vec<String>> {
-    as_array(value)?
-        .iter()
-        .map(|item| item.as_string())
-        .collect()
+    // js::strings skips what is not a string: all of them were when none was skipped.
+    let length = as_array(value)?.length() as usize;
+    let strings = js::strings(value);
+    (strings.len() == length).then_some(strings)
 }
 
 /// The event object of EVENT_CREATED and of `GET /api/events/{id}`.
