@@ -2,7 +2,8 @@
 // npm` after wasm-bindgen and wasm-opt; not published). Each entry becomes one self-contained
 // file so that its size is the size a page pays.
 //
-// usage: node npm/build.mjs <folder with livevote_sdk.js and livevote_sdk_bg.wasm> <dist folder>
+// usage: node npm/build.mjs <folder with livevote_sdk.js, livevote_sdk_bg.wasm and
+//        minified-names.json> <dist folder>
 import { readFile, writeFile, mkdir, rm, copyFile } from "node:fs/promises";
 import { resolve, join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,6 +27,7 @@ const wasm = await readFile(join(bindgen, "livevote_sdk_bg.wasm"));
 const renaming = JSON.parse(await readFile(join(bindgen, "minified-names.json"), "utf8"));
 const glue = join(bindgen, "livevote_sdk.min.js");
 await writeFile(glue, renameGlue(await readFile(join(bindgen, "livevote_sdk.js"), "utf8"), renaming, new WebAssembly.Module(wasm)));
+
 // The inlined wasm: raw LZMA (see src/unlzma.js), then base64. Decoded here with the package's
 // own decoder, so that a build whose decoder would not give the wasm back fails.
 const packed = lzma(wasm);
