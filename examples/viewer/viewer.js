@@ -142,7 +142,7 @@ function showStatus(status) {
 
 function render() {
   if (!client) return;
-  const events = [...client.events()].sort((a, b) => Date.parse(b.closesAt) - Date.parse(a.closesAt));
+  const events = client.events();
   const seen = new Set();
   for (const event of events) {
     seen.add(event.id);
@@ -159,13 +159,12 @@ function render() {
       cards.delete(id);
     }
   }
-  // Open events first, newest first; closed ones below them.
-  const ordered = events.filter((event) => event.status === "open").concat(events.filter((event) => event.status !== "open"));
-  ordered.forEach((event, index) => {
+  // New events are added below the others and nothing is ever reordered: a list that moves
+  // while someone reaches for a button makes them vote on the wrong question.
+  for (const event of events) {
     const card = cards.get(event.id);
-    const current = eventsElement.children[index + 1];
-    if (current !== card) eventsElement.insertBefore(card, current || null);
-  });
+    if (!card.isConnected) eventsElement.appendChild(card);
+  }
   emptyElement.hidden = events.length > 0;
 }
 

@@ -253,6 +253,13 @@ test("the overlay the demo prints shows live events, moving bars and results, an
   await page.close();
 });
 
+/** Hides the viewer's message, so that the next one shown is the answer to the next click. */
+async function hideMessage(page) {
+  await page.evaluate(() => {
+    document.getElementById("message").hidden = true;
+  });
+}
+
 test("the viewer page votes, shows the cost, and follows the balance live", { timeout: 120000 }, async () => {
   const { page, problems } = await openPage({ width: 900, height: 1000 });
   await page.goto(`${server.url}/viewer/?user=1`);
@@ -262,12 +269,16 @@ test("the viewer page votes, shows the cost, and follows the balance live", { ti
   // Vote once; a vote that loses a race with the close is tried again on another event.
   let voted = false;
   for (let attempt = 0; attempt < 5 && !voted; attempt += 1) {
-    const button = page.locator(".event:not(.closed) .vote:not([disabled])").first();
-    await button.waitFor({ timeout: 30000 });
+    const anyButton = page.locator(".event:not(.closed) .vote:not([disabled])").first();
+    await anyButton.waitFor({ timeout: 30000 });
+    // Pin one button by its event and option, so that every step below acts on the same one.
+    const [eventId, optionId] = await anyButton.evaluate((element) => [element.closest(".event").dataset.eventId, element.closest(".option").dataset.optionId]);
+    const button = page.locator(`.event[data-event-id="${eventId}"] .option[data-option-id="${optionId}"] .vote`);
     const cost = Number(await button.getAttribute("data-cost"));
     assert.ok(cost > 0);
     assert.match(await button.textContent(), new RegExp(`${cost.toLocaleString("en-US")} pts`), "the button shows the cost");
     const before = Number(await balance.getAttribute("data-balance"));
+    await hideMessage(page);
     await button.click();
     const message = page.locator("#message");
     await message.waitFor({ state: "visible", timeout: 10000 });
@@ -313,6 +324,7 @@ test("the viewer page votes, shows the cost, and follows the balance live", { ti
   await eventually("a vote that costs more than the balance", async () => {
     const button = page.locator(".event:not(.closed) .vote:not([disabled])").first();
     if ((await button.count()) === 0) return false;
+    await hideMessage(page);
     await button.click();
     const message = page.locator("#message");
     await message.waitFor({ state: "visible", timeout: 5000 });
