@@ -34,13 +34,22 @@ pub struct Channel {
 
 impl Channel {
     pub fn streamer(id: Uuid) -> Self {
-        Channel { kind: ChannelKind::Streamer, id }
+        Channel {
+            kind: ChannelKind::Streamer,
+            id,
+        }
     }
     pub fn game(id: Uuid) -> Self {
-        Channel { kind: ChannelKind::Game, id }
+        Channel {
+            kind: ChannelKind::Game,
+            id,
+        }
     }
     pub fn user(id: Uuid) -> Self {
-        Channel { kind: ChannelKind::User, id }
+        Channel {
+            kind: ChannelKind::User,
+            id,
+        }
     }
 }
 
@@ -134,6 +143,9 @@ mod tests {
         );
         assert_eq!("user:42".parse::<Channel>(), Err(ChannelError::InvalidId));
         assert_eq!("user:".parse::<Channel>(), Err(ChannelError::InvalidId));
-        assert_eq!("x".repeat(10_000).parse::<Channel>(), Err(ChannelError::Malformed));
+        assert_eq!(
+            "x".repeat(10_000).parse::<Channel>(),
+            Err(ChannelError::Malformed)
+        );
     }
 }

@@ -9,7 +9,9 @@ use livevote_protocol::{ClientCommand, ServerMessage};
 use serde_json::Value;
 
 fn fixture_files(folder: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(folder);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(folder);
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -62,7 +64,12 @@ fn every_client_command_round_trips_exactly() {
         let original = read_json(&path);
         let parsed: ClientCommand = serde_json::from_value(original.clone())
             .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-        assert_eq!(serde_json::to_value(&parsed).unwrap(), original, "{}", path.display());
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            original,
+            "{}",
+            path.display()
+        );
         seen_actions.insert(original["action"].as_str().unwrap().to_owned());
     }
     assert_eq!(
