@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 
 fn main() -> ExitCode {
+    put_cargo_binaries_on_path();
     let mut arguments = std::env::args().skip(1);
     let command = arguments.next().unwrap_or_default();
     let rest: Vec<String> = arguments.collect();
@@ -31,6 +32,26 @@ fn main() -> ExitCode {
             // The chain of causes is the useful part; a backtrace of xtask itself is noise.
             eprintln!("xtask: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo install` puts tools (the wasm-bindgen CLI) in `$CARGO_HOME/bin`; a machine whose PATH
+/// lacks that folder (a fresh CARGO_HOME, a CI image) would install them and then not find them.
+fn put_cargo_binaries_on_path() {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let Some(binaries) = cargo_home.map(|home| home.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut folders: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    if !folders.contains(&binaries) {
+        folders.insert(0, binaries);
+        if let Ok(joined) = std::env::join_paths(folders) {
+            // Set once at start-up, before any thread exists.
+            std::env::set_var("PATH", joined);
         }
     }
 }
