@@ -96,6 +96,13 @@ async fn refuse_foreign_origins(
             .to_str()
             .is_ok_and(|origin| state.config.allowed_origins.allows(origin));
         if !allowed {
+            let reason = if request.uri().path() == "/realtime" {
+                "origin"
+            } else {
+                "api_origin"
+            };
+            metrics::counter!("livevote_connections_refused_total", "reason" => reason)
+                .increment(1);
             return AppError::Forbidden("this Origin is not allowed".into()).into_response();
         }
     }

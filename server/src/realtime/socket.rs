@@ -52,7 +52,7 @@ pub struct SocketQuery {
     streamer_id: Option<String>,
 }
 
-/// `GET /realtime`: refuses foreign Origins (403) and sockets past the node's capacity or
+/// `GET /realtime`: refuses sockets past the node's capacity or
 /// connect rate (503 with Retry-After) before the upgrade; everything else is upgraded, and
 /// a bad token or `streamerId` is answered on the socket (notice, then 4001/4002/4003).
 pub async fn upgrade(
@@ -61,15 +61,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| state.config.allowed_origins.allows(origin));
-        if !allowed {
-            count_refusal("origin");
-            return AppError::Forbidden("this Origin is not allowed".into()).into_response();
-        }
-    }
+    // Foreign Origins never reach this handler: the router's Origin guard answers them 403.
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
