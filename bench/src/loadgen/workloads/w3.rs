@@ -46,6 +46,9 @@ pub struct Options {
 #[derive(Default)]
 struct StepCounters {
     delivered: AtomicU64,
+    /// Text frames that carried at least one of this step's notices (batching shows as
+    /// deliveries per frame above 1).
+    frames: AtomicU64,
     /// Nanoseconds (since the bench epoch) of the last delivery of this step.
     last_delivery: AtomicU64,
     latency: Histogram,
@@ -109,6 +112,7 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             let epoch = bench.epoch;
             let mut malformed = 0u64;
             loop {
+                let mut frame_step = None;
                 let outcome = socket
                     .receive(end, &stop, |at, message| {
                         if message.kind != "SYSTEM_NOTICE"
@@ -128,6 +132,7 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
                         let received =
                             u64::try_from(at.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
                         counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        frame_step = Some(step);
                         counters
                             .last_delivery
                             .fetch_max(received, Ordering::Relaxed);
@@ -136,6 +141,9 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
                             .record(Duration::from_nanos(received.saturating_sub(sent)));
                     })
                     .await;
+                if let Some(counters) = frame_step.and_then(|step| steps.get(step)) {
+                    counters.frames.fetch_add(1, Ordering::Relaxed);
+                }
                 match outcome {
                     Received::Frame => continue,
                     Received::Stopped => break,
@@ -227,6 +235,12 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
                 "{delivered} / {expected} ({:.2} %)",
                 delivered as f64 * 100.0 / expected.max(1) as f64
             ),
+        );
+        report.metric(
+            format!("step {}: notices per frame (batching)", step + 1),
+            &format!("{key}.messages_per_frame"),
+            delivered as f64 / counters.frames.load(Ordering::Relaxed).max(1) as f64,
+            2,
         );
         report.row(
             format!("step {}: latency p50 / p99 / max (ms)", step + 1),
