@@ -292,7 +292,8 @@ impl LiveSocket {
         true
     }
 
-    /// Drops the connection without a close handshake, the way a lost network does.
+    /// Drops the connection without a WebSocket close handshake (the TCP connection just closes),
+    /// the way a reloading page or a crashing client leaves.
     pub fn drop_abruptly(self) {
         drop(self.stream);
     }

@@ -1,5 +1,5 @@
-//! W4 reconnect storm: every socket is dropped at once (no close handshake, as when a network
-//! blips) and reopens immediately. Measures the time until every socket has its snapshot again
+//! W4 reconnect storm: every socket is dropped at once (no WebSocket close handshake, just the
+//! TCP connection closed, as when every viewer's page reloads together) and reopens immediately. Measures the time until every socket has its snapshot again
 //! and how many database queries the storm cost (snapshots must come from memory).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
