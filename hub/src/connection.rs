@@ -69,22 +69,42 @@ enum CloseState {
     Taken,
 }
 
+/// A latest-value slot: the newest version accepted so far and, if not yet sent, its message.
+/// An older or equal version is refused, so nothing stale ever follows something newer.
+#[derive(Debug, Default)]
+struct LatestValue {
+    /// Highest version accepted (queued or slotted); `None` before the first one.
+    last_version: Option<u64>,
+    pending: Option<SharedMessage>,
+}
+
+impl LatestValue {
+    /// Accepts `version` if it is newer than every earlier one. Returns whether it was, and
+    /// whether an unsent older message had to be dropped.
+    fn advance(&mut self, version: u64) -> Option<bool> {
+        if self.last_version.is_some_and(|last| version <= last) {
+            return None;
+        }
+        self.last_version = Some(version);
+        Some(self.pending.take().is_some())
+    }
+}
+
 /// What the connection knows about one event it has been told about.
 #[derive(Debug)]
 struct EventPhase {
     route: EventRoute,
-    /// Highest seq accepted (queued or slotted); `None` before the first EVENT_UPDATED.
-    last_seq: Option<u64>,
     closed: bool,
-    pending_update: Option<SharedMessage>,
+    /// EVENT_UPDATED, versioned by the event's seq.
+    update: LatestValue,
 }
 
 /// What the connection knows about one user's balance.
 #[derive(Debug)]
 struct BalancePhase {
     user_id: Uuid,
-    last_version: Option<u64>,
-    pending: Option<SharedMessage>,
+    /// BALANCE_UPDATED, versioned by its ledger entry.
+    balance: LatestValue,
 }
 
 #[derive(Debug)]
@@ -215,10 +235,10 @@ impl Connection {
             if state.slots_pending {
                 state.slots_pending = false;
                 for event in &mut state.events {
-                    messages.extend(event.pending_update.take());
+                    messages.extend(event.update.pending.take());
                 }
                 for balance in &mut state.balances {
-                    messages.extend(balance.pending.take());
+                    messages.extend(balance.balance.pending.take());
                 }
             }
             messages
@@ -326,10 +346,10 @@ impl OutboxState {
             self.queue = VecDeque::new();
             self.queued_bytes = 0;
             for event in &mut self.events {
-                event.pending_update = None;
+                event.update.pending = None;
             }
             for balance in &mut self.balances {
-                balance.pending = None;
+                balance.balance.pending = None;
             }
             self.slots_pending = false;
         }
@@ -379,9 +399,8 @@ impl OutboxState {
                     position,
                     EventPhase {
                         route,
-                        last_seq: None,
                         closed: false,
-                        pending_update: None,
+                        update: LatestValue::default(),
                     },
                 );
                 self.push_queue(core, message)
@@ -404,15 +423,14 @@ impl OutboxState {
             return false;
         };
         let event = &mut self.events[position];
-        if event.closed || event.last_seq.is_some_and(|last| seq <= last) {
+        if event.closed {
             return false;
         }
-        event.last_seq = Some(seq);
-        if event.pending_update.replace(message.clone()).is_some() {
-            core.stats.add_dropped(MessageKind::EventUpdated);
-        }
-        self.slots_pending = true;
-        self.schedule_wake()
+        let Some(dropped_older) = event.update.advance(seq) else {
+            return false;
+        };
+        event.update.pending = Some(message.clone());
+        self.slot_filled(core, MessageKind::EventUpdated, dropped_older)
     }
 
     /// EVENT_UPDATED in order in the queue (snapshots: it must precede SUBSCRIBED).
@@ -430,15 +448,14 @@ impl OutboxState {
             return false;
         };
         let event = &mut self.events[position];
-        if event.closed || event.last_seq.is_some_and(|last| seq <= last) {
+        if event.closed {
             return false;
         }
-        event.last_seq = Some(seq);
         // Whatever waits in the slot is older than this and would follow it out: drop it.
-        if event.pending_update.take().is_some() {
-            core.stats.add_dropped(MessageKind::EventUpdated);
-        }
-        self.push_queue(core, message)
+        let Some(dropped_older) = event.update.advance(seq) else {
+            return false;
+        };
+        self.queue_superseding(core, MessageKind::EventUpdated, dropped_older, message)
     }
 
     /// EVENT_CLOSED: queued, ends the event for this connection and drops its pending update.
@@ -460,8 +477,29 @@ impl OutboxState {
             return false;
         }
         event.closed = true;
-        if event.pending_update.take().is_some() {
-            core.stats.add_dropped(MessageKind::EventUpdated);
+        let dropped_update = event.update.pending.take().is_some();
+        self.queue_superseding(core, MessageKind::EventUpdated, dropped_update, message)
+    }
+
+    /// A latest-value slot now holds a message: count the one it replaced, wake the writer.
+    fn slot_filled(&mut self, core: &HubCore, kind: MessageKind, replaced: bool) -> NeedsWake {
+        if replaced {
+            core.stats.add_dropped(kind);
+        }
+        self.slots_pending = true;
+        self.schedule_wake()
+    }
+
+    /// Queues a message that makes an unsent slot message of `kind` obsolete (counted dropped).
+    fn queue_superseding(
+        &mut self,
+        core: &HubCore,
+        kind: MessageKind,
+        dropped: bool,
+        message: &SharedMessage,
+    ) -> NeedsWake {
+        if dropped {
+            core.stats.add_dropped(kind);
         }
         self.push_queue(core, message)
     }
@@ -485,8 +523,7 @@ impl OutboxState {
             None => {
                 self.balances.push(BalancePhase {
                     user_id,
-                    last_version: None,
-                    pending: None,
+                    balance: LatestValue::default(),
                 });
                 self.balances.len() - 1
             }
@@ -505,16 +542,12 @@ impl OutboxState {
         if !self.is_open() {
             return false;
         }
-        let balance = self.balance_phase(user_id);
-        if balance.last_version.is_some_and(|last| version <= last) {
+        let slot = &mut self.balance_phase(user_id).balance;
+        let Some(dropped_older) = slot.advance(version) else {
             return false;
-        }
-        balance.last_version = Some(version);
-        if balance.pending.replace(message.clone()).is_some() {
-            core.stats.add_dropped(MessageKind::BalanceUpdated);
-        }
-        self.slots_pending = true;
-        self.schedule_wake()
+        };
+        slot.pending = Some(message.clone());
+        self.slot_filled(core, MessageKind::BalanceUpdated, dropped_older)
     }
 
     /// BALANCE_UPDATED in order in the queue (snapshots).
@@ -528,14 +561,9 @@ impl OutboxState {
         if !self.is_open() {
             return false;
         }
-        let balance = self.balance_phase(user_id);
-        if balance.last_version.is_some_and(|last| version <= last) {
+        let Some(dropped_older) = self.balance_phase(user_id).balance.advance(version) else {
             return false;
-        }
-        balance.last_version = Some(version);
-        if balance.pending.take().is_some() {
-            core.stats.add_dropped(MessageKind::BalanceUpdated);
-        }
-        self.push_queue(core, message)
+        };
+        self.queue_superseding(core, MessageKind::BalanceUpdated, dropped_older, message)
     }
 }
