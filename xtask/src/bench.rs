@@ -502,7 +502,7 @@ fn results_document(
         "| load average at start (1, 5, 15 min) | {load_at_start} |"
     );
     let _ = writeln!(text, "| load average at end | {} |\n", load_average());
-    let _ = writeln!(text, "A load average near or above 2 means other work (usually compiles) shared the two cores: rerun when the machine is quiet.\n");
+    let _ = writeln!(text, "The benchmark itself keeps both cores busy, so the load average climbs towards 2 during a run; a load average well above 1 at the start of a run, or above 2 during it, means other work (usually compiles) shared the two cores: rerun when the machine is quiet. Each workload lists the load before and after it.\n");
 
     let _ = writeln!(text, "## Targets (issue 5)\n\n| target | livevote | reference | ratio | verdict |\n| --- | --- | --- | --- | --- |");
     let kib = number(summary, "livevote.w1.kib_per_socket");
