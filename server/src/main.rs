@@ -6,6 +6,11 @@ use anyhow::Context;
 use clap::Parser;
 use livevote_server::config::Config;
 
+// glibc's allocator was 18 % of the vote path under load (bench/ANALYSIS.md: consolidation and
+// fragmentation churn across worker threads); mimalloc's per-thread pages avoid most of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(config) => config,
@@ -44,7 +49,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// File descriptors kept for everything that is not a client socket (database, listener, logs).
+const RESERVED_FILE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one; under a shell's default of 1,024 the server
+/// would stop at about 1,000 sockets, and further connects would hang instead of getting 503.
+/// Caps `--max-connections` to what the limit allows, so that past it clients are refused
+/// with 503 + Retry-After rather than left waiting.
+fn fit_connections_to_file_limit(config: &mut Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let usable =
+        usize::try_from(limit.saturating_sub(RESERVED_FILE_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if config.max_connections > usable {
+        tracing::warn!(
+            open_file_limit = limit,
+            requested = config.max_connections,
+            effective = usable,
+            "--max-connections lowered to fit the open-file limit"
+        );
+        config.max_connections = usable;
+    }
+}
+
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    fit_connections_to_file_limit(&mut config);
     let listener = livevote_server::bind(config.listen)
         .with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;

@@ -245,3 +245,76 @@ fn tls_serves_https_when_cert_and_key_are_given() {
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "ok");
     assert_eq!(terminate(&mut running), 0);
 }
+
+/// Under a low open-file limit the server lowers its socket cap to fit, so that sockets past
+/// it are refused with 503 instead of hanging in an accept loop that has run out of files.
+#[tokio::test]
+async fn a_low_open_file_limit_caps_sockets_with_503_instead_of_hanging() {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 400 && exec {BINARY} --dev --listen 127.0.0.1:0 --database-url sqlite::memory:"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let address = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let mut running = Running { child, address };
+
+    let minted: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/auth", running.address))
+        .json(&serde_json::json!({"userId": uuid::Uuid::new_v4(), "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["token"].as_str().unwrap();
+    let url = format!("ws://{}/realtime?token={token}", running.address);
+    let mut open = Vec::new();
+    let mut refused = None;
+    for _ in 0..300 {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await;
+        match attempt.expect("a connect past the cap must be answered, not left hanging") {
+            Ok((socket, _)) => open.push(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                refused = Some(response);
+                break;
+            }
+            Err(other) => panic!("unexpected connect error: {other}"),
+        }
+    }
+    let response = refused.expect("the cap (400 files less a reserve) was never reached");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        open.len() >= 100,
+        "only {} sockets before the cap",
+        open.len()
+    );
+    drop(open);
+    assert_eq!(terminate(&mut running), 0);
+    let mut stderr = String::new();
+    running
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("lowered to fit the open-file limit"),
+        "{stderr}"
+    );
+}

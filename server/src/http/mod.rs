@@ -50,7 +50,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     .layer(
         TraceLayer::new_for_http().make_span_with(|request: &Request| {
             // The path only: the query string of /realtime carries the token.
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+            // The path only: the query string of /realtime carries the token. A debug span, so
+            // the default `info` filter builds nothing per request (5 % of the vote path).
+            tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
         }),
     )
 }
