@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
@@ -37,6 +37,12 @@ pub async fn connect_tcp(
     let stream = socket.connect(address).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// The `Authorization: Bearer …` value for a token, built once per token by callers that send
+/// many requests with it.
+pub fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
+    Ok(HeaderValue::from_str(&format!("Bearer {token}"))?)
 }
 
 /// An HTTP answer: status and whole body.
@@ -91,12 +97,12 @@ impl HttpConnection {
         &mut self,
         method: Method,
         path: &str,
-        token: Option<&str>,
+        authorization: Option<HeaderValue>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Answer> {
         let outcome = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.request_inner(method, path, token, body),
+            self.request_inner(method, path, authorization, body),
         )
         .await;
         match outcome {
@@ -116,15 +122,15 @@ impl HttpConnection {
         &mut self,
         method: Method,
         path: &str,
-        token: Option<&str>,
+        authorization: Option<HeaderValue>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Answer> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.host.as_str());
-        if let Some(token) = token {
-            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(authorization) = authorization {
+            builder = builder.header(AUTHORIZATION, authorization);
         }
         let has_body = body.is_some();
         if has_body {
@@ -139,7 +145,8 @@ impl HttpConnection {
     }
 
     pub async fn get(&mut self, path: &str, token: Option<&str>) -> anyhow::Result<Answer> {
-        self.request(Method::GET, path, token, None).await
+        self.request(Method::GET, path, token.map(bearer).transpose()?, None)
+            .await
     }
 
     pub async fn post_json<T: serde::Serialize>(
@@ -149,6 +156,12 @@ impl HttpConnection {
         body: &T,
     ) -> anyhow::Result<Answer> {
         let body = Bytes::from(serde_json::to_vec(body)?);
-        self.request(Method::POST, path, token, Some(body)).await
+        self.request(
+            Method::POST,
+            path,
+            token.map(bearer).transpose()?,
+            Some(body),
+        )
+        .await
     }
 }
