@@ -416,20 +416,10 @@ impl OutboxState {
         seq: u64,
         message: &SharedMessage,
     ) -> NeedsWake {
-        if !self.is_open() {
-            return false;
-        }
-        let Ok(position) = self.event_position(event_id) else {
+        let Some((position, dropped_older)) = self.advance_event(event_id, seq) else {
             return false;
         };
-        let event = &mut self.events[position];
-        if event.closed {
-            return false;
-        }
-        let Some(dropped_older) = event.update.advance(seq) else {
-            return false;
-        };
-        event.update.pending = Some(message.clone());
+        self.events[position].update.pending = Some(message.clone());
         self.slot_filled(core, MessageKind::EventUpdated, dropped_older)
     }
 
@@ -441,21 +431,26 @@ impl OutboxState {
         seq: u64,
         message: &SharedMessage,
     ) -> NeedsWake {
-        if !self.is_open() {
-            return false;
-        }
-        let Ok(position) = self.event_position(event_id) else {
-            return false;
-        };
-        let event = &mut self.events[position];
-        if event.closed {
-            return false;
-        }
         // Whatever waits in the slot is older than this and would follow it out: drop it.
-        let Some(dropped_older) = event.update.advance(seq) else {
+        let Some((_, dropped_older)) = self.advance_event(event_id, seq) else {
             return false;
         };
         self.queue_superseding(core, MessageKind::EventUpdated, dropped_older, message)
+    }
+
+    /// For an event this open connection was told about and has not seen closed: accepts `seq`
+    /// if it is newer. Returns the event's position and whether an older update was dropped.
+    fn advance_event(&mut self, event_id: Uuid, seq: u64) -> Option<(usize, bool)> {
+        if !self.is_open() {
+            return None;
+        }
+        let position = self.event_position(event_id).ok()?;
+        let event = &mut self.events[position];
+        if event.closed {
+            return None;
+        }
+        let dropped_older = event.update.advance(seq)?;
+        Some((position, dropped_older))
     }
 
     /// EVENT_CLOSED: queued, ends the event for this connection and drops its pending update.
