@@ -270,7 +270,7 @@ async fn serve(
     if realtime.is_restarting() {
         close_for_restart(&connection);
     } else if let Some(channel) = streamer_channel {
-        session.subscribe(vec![channel.to_string()]).await;
+        Box::pin(session.subscribe(vec![channel.to_string()])).await;
     }
     run(socket, &mut session).await;
     realtime.hub().disconnect(&connection);
@@ -326,7 +326,9 @@ async fn run(socket: WebSocket, session: &mut Session) {
                         deliver_pending: false,
                     }),
                     Some(Err(_)) => Verdict::Stop(Ending::Gone),
-                    Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
+                    // Boxed: commands are rare next to idle time, and inlining their state
+                    // (snapshots, token checks) would grow every idle socket's task.
+                    Some(Ok(Message::Text(text))) => Box::pin(session.on_text(text.as_str())).await,
                     Some(Ok(Message::Binary(_))) => session.on_binary(),
                     Some(Ok(Message::Close(_))) => Verdict::Stop(Ending::PeerClosed),
                     // Protocol-level pings are answered by the library; pongs prove nothing.
@@ -354,7 +356,15 @@ async fn run(socket: WebSocket, session: &mut Session) {
             }
         }
     };
-    finish(ending, &connection, sink, stream, outgoing, needs_flush).await;
+    Box::pin(finish(
+        ending,
+        &connection,
+        sink,
+        stream,
+        outgoing,
+        needs_flush,
+    ))
+    .await;
 }
 
 /// Carries out the end: for a server close, the last frames (or none), the close frame, and
