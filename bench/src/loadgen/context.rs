@@ -344,6 +344,28 @@ impl Bench {
     /// Opens socket `index` on `path` and reads its snapshot up to SUBSCRIBED, retrying refused
     /// or failed opens (honouring Retry-After, with jitter) until `deadline`. `each` sees every
     /// message of the snapshot.
+    /// [`Bench::open_subscribed`] while holding a place at the connect `gate` (which paces
+    /// connects), counting a socket that could not be opened as failed.
+    pub async fn open_through_gate(
+        &self,
+        gate: Arc<Semaphore>,
+        index: usize,
+        path: &str,
+        deadline: Instant,
+        stop: &CancellationToken,
+        progress: &Progress,
+    ) -> Option<LiveSocket> {
+        let permit = gate.acquire_owned().await;
+        let socket = self
+            .open_subscribed(index, path, deadline, stop, progress, |_, _| {})
+            .await;
+        drop(permit);
+        if socket.is_none() {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        socket
+    }
+
     pub async fn open_subscribed(
         &self,
         index: usize,

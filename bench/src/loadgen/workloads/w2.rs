@@ -170,15 +170,12 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
                 ..Watch::default()
             };
             let own_event = event_names[event].as_str();
-            let permit = gate.acquire_owned().await;
             let Some(mut socket) = bench
-                .open_subscribed(index, &path, connect_deadline, &stop, &progress, |_, _| {})
+                .open_through_gate(gate, index, &path, connect_deadline, &stop, &progress)
                 .await
             else {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
                 return watch;
             };
-            drop(permit);
             watch.opened = true;
             progress.ready.fetch_add(1, Ordering::Relaxed);
             loop {

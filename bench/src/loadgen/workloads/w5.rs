@@ -81,15 +81,12 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             rounds.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await;
             let Some(mut socket) = bench
-                .open_subscribed(index, &path, connect_deadline, &stop, &progress, |_, _| {})
+                .open_through_gate(gate, index, &path, connect_deadline, &stop, &progress)
                 .await
             else {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
-            drop(permit);
             progress.ready.fetch_add(1, Ordering::Relaxed);
             loop {
                 let outcome = socket
