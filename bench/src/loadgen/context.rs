@@ -96,6 +96,32 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Waits until each of the `opened` sockets is subscribed or has failed (or `deadline`
+    /// passes), and records the outcome in `report` next to the count the options asked for
+    /// (larger when the open-file limit cut the run down). Returns how many are subscribed.
+    pub async fn wait_for_sockets(
+        &self,
+        what: &str,
+        opened: usize,
+        requested: usize,
+        deadline: Instant,
+        report: &mut crate::report::Report,
+    ) -> usize {
+        wait_until(what, opened, deadline, || {
+            self.ready.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+        })
+        .await;
+        let ready = self.ready.load(Ordering::Relaxed);
+        report.row(
+            "sockets requested / subscribed / failed",
+            format!(
+                "{requested} / {ready} / {}",
+                self.failed.load(Ordering::Relaxed)
+            ),
+        );
+        ready
+    }
+
     pub fn server_closed(&self, code: Option<u16>) {
         self.closed_by_server.fetch_add(1, Ordering::Relaxed);
         let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());

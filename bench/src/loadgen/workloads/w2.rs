@@ -13,7 +13,7 @@ use livevote_protocol::{Role, VoteRequest};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::context::{fit_sockets, joined, open_gate, realtime_path, wait_until, Bench, Progress};
+use crate::context::{fit_sockets, joined, open_gate, realtime_path, Bench, Progress};
 use crate::histogram::{millis, Histogram};
 use crate::http::bearer;
 use crate::report::Report;
@@ -226,19 +226,15 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             watch
         }));
     }
-    wait_until("W2 sockets subscribed", sockets, connect_deadline, || {
-        progress.ready.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed)
-    })
-    .await;
-    let ready = progress.ready.load(Ordering::Relaxed);
-    report.row(
-        "sockets requested / subscribed / failed",
-        format!(
-            "{} / {ready} / {}",
+    let ready = progress
+        .wait_for_sockets(
+            "W2 sockets subscribed",
+            sockets,
             options.sockets,
-            progress.failed.load(Ordering::Relaxed)
-        ),
-    );
+            connect_deadline,
+            &mut report,
+        )
+        .await;
     report.row(
         "streamers (one open event each) / voters / vote connections",
         format!(

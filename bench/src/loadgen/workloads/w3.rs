@@ -154,19 +154,15 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             malformed
         }));
     }
-    wait_until("W3 sockets subscribed", sockets, connect_deadline, || {
-        progress.ready.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed)
-    })
-    .await;
-    let ready = progress.ready.load(Ordering::Relaxed);
-    report.row(
-        "sockets requested / subscribed / failed",
-        format!(
-            "{} / {ready} / {}",
+    let ready = progress
+        .wait_for_sockets(
+            "W3 sockets subscribed",
+            sockets,
             options.sockets,
-            progress.failed.load(Ordering::Relaxed)
-        ),
-    );
+            connect_deadline,
+            &mut report,
+        )
+        .await;
     report.key("sockets", ready);
     report.metric(
         "time to open and subscribe all (s)",

@@ -184,20 +184,16 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             socket.close().await;
         }));
     }
-    wait_until("W4 sockets subscribed", sockets, connect_deadline, || {
-        progress.ready.load(Ordering::Relaxed) + progress.failed.load(Ordering::Relaxed)
-    })
-    .await;
-    let ready = progress.ready.load(Ordering::Relaxed);
-    let connect_time = started.elapsed();
-    report.row(
-        "sockets requested / subscribed / failed",
-        format!(
-            "{} / {ready} / {}",
+    let ready = progress
+        .wait_for_sockets(
+            "W4 sockets subscribed",
+            sockets,
             options.sockets,
-            progress.failed.load(Ordering::Relaxed)
-        ),
-    );
+            connect_deadline,
+            &mut report,
+        )
+        .await;
+    let connect_time = started.elapsed();
     report.row(
         "streamers with an open event / distinct users",
         format!("{} / {}", streamers.len(), tokens.len()),
