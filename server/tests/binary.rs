@@ -117,6 +117,15 @@ fn terminate(running: &mut Running) -> i32 {
     }
 }
 
+/// SIGTERM, expect exit 0, and return everything the server wrote to stderr.
+fn terminate_and_read_stderr(running: &mut Running) -> String {
+    assert_eq!(terminate(running), 0);
+    let mut stderr = String::new();
+    let mut pipe = running.child.stderr.take().expect("stderr was piped");
+    pipe.read_to_string(&mut stderr).unwrap();
+    stderr
+}
+
 #[tokio::test]
 async fn port_zero_prints_the_address_and_sigterm_exits_zero() {
     let mut running = start(&[], &[]);
@@ -154,15 +163,7 @@ async fn tokens_never_appear_in_logs() {
     if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(socket_url).await {
         let _ = socket.close(None).await;
     }
-    assert_eq!(terminate(&mut running), 0);
-    let mut stderr = String::new();
-    running
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = terminate_and_read_stderr(&mut running);
     assert!(
         !stderr.is_empty(),
         "trace logging produced nothing to check"
@@ -304,15 +305,7 @@ async fn a_low_open_file_limit_caps_sockets_with_503_instead_of_hanging() {
         open.len()
     );
     drop(open);
-    assert_eq!(terminate(&mut running), 0);
-    let mut stderr = String::new();
-    running
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = terminate_and_read_stderr(&mut running);
     assert!(
         stderr.contains("lowered to fit the open-file limit"),
         "{stderr}"
