@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use livevote_hub::{EventRoute, EventUpdate, Hub, HubConfig, SharedMessage, WakeList};
+use livevote_hub::{
+    EventRoute, EventUpdate, Hub, HubConfig, SharedMessage, WakeList, FLUSH_PHASES,
+};
 use livevote_protocol::{Channel, EventCreated, EventUpdated, ServerMessage, Totals};
 use uuid::Uuid;
 
@@ -53,9 +55,12 @@ fn main() {
             message,
         };
         let started = Instant::now();
-        let mut wakes = WakeList::new();
-        hub.deliver_event_update(&update, &mut wakes);
-        wakes.wake_all();
+        // One update interval: every flush phase in turn.
+        for phase in 0..FLUSH_PHASES {
+            let mut wakes = WakeList::new();
+            hub.deliver_event_update(&update, phase, &mut wakes);
+            wakes.wake_all();
+        }
         publish_nanos += started.elapsed().as_nanos();
         let started = Instant::now();
         for connection in &connections {

@@ -162,6 +162,13 @@ impl Connection {
         self.id
     }
 
+    /// The phase of the update interval in which this connection is offered coalesced updates
+    /// (see [`crate::FLUSH_PHASES`]). Connection numbers are consecutive, so the phases fill
+    /// evenly.
+    pub fn flush_phase(&self) -> usize {
+        (self.id.0 % crate::FLUSH_PHASES as u64) as usize
+    }
+
     /// Completes when something was added to the outbox (or a close was requested) since the
     /// last wake-up. A wake-up that happened before this is called is not lost.
     pub fn notified(&self) -> Notified<'_> {

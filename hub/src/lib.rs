@@ -28,6 +28,14 @@ pub use frames::pack_frames;
 pub use message::{MessageKind, SharedMessage};
 pub use stats::HubStats;
 
+/// How many phases an update interval is cut into for coalesced EVENT_UPDATED. Each
+/// connection belongs to one phase ([`Connection::flush_phase`]) and is offered coalesced
+/// updates only when its phase comes round, once per interval. Spreading the connections over
+/// the interval turns one burst of frames to every watching socket into many small ones, so
+/// the sockets written last in a burst are not held up by all the others: on a busy node that
+/// burst, not the interval, made the slow end of the latency (bench/ANALYSIS.md, W2).
+pub const FLUSH_PHASES: usize = 25;
+
 /// Bounds of the hub; the defaults are the contract's.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -70,9 +78,17 @@ pub enum SubscribeOutcome {
     Closed,
 }
 
+/// A subscriber and its flush phase, kept side by side so a phase's flush can skip the other
+/// phases' connections without touching them.
+#[derive(Debug)]
+struct Subscriber {
+    flush_phase: u8,
+    connection: Arc<Connection>,
+}
+
 #[derive(Debug, Default)]
 struct Subscribers {
-    list: Vec<Arc<Connection>>,
+    list: Vec<Subscriber>,
     positions: HashMap<ConnectionId, usize>,
     /// Set when the channel emptied and left its shard map; a subscriber that still holds it
     /// looks the channel up again.
@@ -82,7 +98,10 @@ struct Subscribers {
 impl Subscribers {
     fn insert(&mut self, connection: Arc<Connection>) {
         self.positions.insert(connection.id(), self.list.len());
-        self.list.push(connection);
+        self.list.push(Subscriber {
+            flush_phase: connection.flush_phase() as u8,
+            connection,
+        });
     }
 
     fn remove(&mut self, id: ConnectionId) -> bool {
@@ -91,7 +110,7 @@ impl Subscribers {
         };
         self.list.swap_remove(position);
         if let Some(moved) = self.list.get(position) {
-            self.positions.insert(moved.id(), position);
+            self.positions.insert(moved.connection.id(), position);
         }
         true
     }
@@ -435,7 +454,7 @@ impl Hub {
             return 0;
         };
         let subscribers = entry.subscribers.lock();
-        for connection in &subscribers.list {
+        for Subscriber { connection, .. } in &subscribers.list {
             let needs_wake = offer(&mut connection.lock(), &self.core);
             wakes.push(connection, needs_wake);
         }
@@ -464,25 +483,48 @@ impl Hub {
         wakes.wake_all();
     }
 
-    /// One coalesced EVENT_UPDATED into the latest-value slots of the event's subscribers.
-    /// Wakes are collected in `wakes` so the caller can wake once per tick. Returns how many
-    /// connections were visited (for bounding work per tick).
-    pub fn deliver_event_update(&self, update: &EventUpdate, wakes: &mut WakeList) -> usize {
+    /// One coalesced EVENT_UPDATED into the latest-value slots of the event's subscribers in
+    /// flush phase `flush_phase` (see [`FLUSH_PHASES`]). Wakes are collected in `wakes` so the
+    /// caller can wake once per phase, when every changed event is in the slots, and each
+    /// connection's updates leave in one frame. Returns how many connections were visited
+    /// (for bounding work per step).
+    pub fn deliver_event_update(
+        &self,
+        update: &EventUpdate,
+        flush_phase: usize,
+        wakes: &mut WakeList,
+    ) -> usize {
         let mut visited = 0;
         for channel in update.route.channels() {
-            visited += self.deliver(&channel, wakes, |state, core| {
-                state.offer_event_update(core, update.route.event_id, update.seq, &update.message)
-            });
+            let Some(entry) = self.channel_entry(&channel) else {
+                continue;
+            };
+            let subscribers = entry.subscribers.lock();
+            for subscriber in &subscribers.list {
+                if usize::from(subscriber.flush_phase) != flush_phase {
+                    continue;
+                }
+                let connection = &subscriber.connection;
+                let needs_wake = connection.lock().offer_event_update(
+                    &self.core,
+                    update.route.event_id,
+                    update.seq,
+                    &update.message,
+                );
+                wakes.push(connection, needs_wake);
+                visited += 1;
+            }
         }
         visited
     }
 
-    /// Counts channel flushes of coalesced updates (for metrics).
-    pub fn record_coalesced_flushes(&self, flushes: u64) {
+    /// Counts connections woken by coalesced updates (for metrics: each connection is woken at
+    /// most once per update interval this way).
+    pub fn record_coalesced_wakes(&self, wakes: u64) {
         self.core
             .stats
-            .coalesced_flushes
-            .fetch_add(flushes, Ordering::Relaxed);
+            .coalesced_wakes
+            .fetch_add(wakes, Ordering::Relaxed);
     }
 
     /// BALANCE_UPDATED into the latest-value slot of `user:{user_id}` subscribers.

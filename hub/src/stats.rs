@@ -9,8 +9,9 @@ use crate::message::MessageKind;
 pub struct HubStats {
     sent: [AtomicU64; MessageKind::ALL.len()],
     dropped: [AtomicU64; MessageKind::ALL.len()],
-    /// Channel flushes of coalesced EVENT_UPDATED (one per channel per tick with changes).
-    pub coalesced_flushes: AtomicU64,
+    /// Connections woken to send coalesced EVENT_UPDATED (at most one per connection per
+    /// update interval).
+    pub coalesced_wakes: AtomicU64,
     /// Connections closed 4009 because their must-deliver queue passed its bound.
     pub queue_overflows: AtomicU64,
 }
@@ -38,8 +39,8 @@ impl HubStats {
         self.dropped[kind.index()].load(Ordering::Relaxed)
     }
 
-    pub fn coalesced_flushes(&self) -> u64 {
-        self.coalesced_flushes.load(Ordering::Relaxed)
+    pub fn coalesced_wakes(&self) -> u64 {
+        self.coalesced_wakes.load(Ordering::Relaxed)
     }
 
     pub fn queue_overflows(&self) -> u64 {

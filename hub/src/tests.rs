@@ -93,10 +93,13 @@ fn update(route: EventRoute, seq: u64) -> EventUpdate {
     }
 }
 
+/// Offers an update to every flush phase in turn, as one update interval of the coalescer does.
 fn publish_update(hub: &Hub, update: &EventUpdate) {
-    let mut wakes = WakeList::new();
-    hub.deliver_event_update(update, &mut wakes);
-    wakes.wake_all();
+    for phase in 0..FLUSH_PHASES {
+        let mut wakes = WakeList::new();
+        hub.deliver_event_update(update, phase, &mut wakes);
+        wakes.wake_all();
+    }
 }
 
 /// Drains a connection and parses every message of every frame, in order; also returns the
@@ -591,5 +594,46 @@ fn concurrent_subscribes_and_publishes_keep_every_guarantee() {
             seqs.windows(2).all(|pair| pair[0] < pair[1]),
             "seqs grow: {seqs:?}"
         );
+    }
+}
+
+#[test]
+fn a_flush_phase_reaches_its_own_connections_and_every_phase_reaches_all() {
+    let hub = Hub::new(HubConfig::default());
+    let connections: Vec<_> = (0..3 * FLUSH_PHASES).map(|_| hub.connect()).collect();
+    for connection in &connections {
+        hub.subscribe(connection, Channel::streamer(STREAMER), |_| {});
+    }
+    let event = route(1);
+    hub.publish_event_created(event, &created(event));
+    for connection in &connections {
+        drain(connection);
+    }
+    let first_update = update(event, 1);
+    let mut wakes = WakeList::new();
+    let visited = hub.deliver_event_update(&first_update, 3, &mut wakes);
+    assert_eq!(visited, 3, "only phase 3's connections were visited");
+    assert_eq!(wakes.len(), 3);
+    wakes.wake_all();
+    for connection in &connections {
+        let (messages, _) = drain(connection);
+        if connection.flush_phase() == 3 {
+            assert_eq!(describe(&messages), ["updated 1 seq 1"]);
+        } else {
+            assert!(messages.is_empty(), "another phase waits for its turn");
+        }
+    }
+    let phases: std::collections::BTreeSet<usize> =
+        connections.iter().map(|c| c.flush_phase()).collect();
+    assert_eq!(
+        phases.len(),
+        FLUSH_PHASES,
+        "consecutive connections fill every phase"
+    );
+    publish_update(&hub, &update(event, 2));
+    for connection in &connections {
+        let (messages, frames) = drain(connection);
+        assert_eq!(describe(&messages), ["updated 1 seq 2"]);
+        assert_eq!(frames, 1);
     }
 }

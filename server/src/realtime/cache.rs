@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use livevote_hub::{EventRoute, EventUpdate, SharedMessage, Snapshot};
+use livevote_hub::{EventRoute, EventUpdate, SharedMessage, Snapshot, FLUSH_PHASES};
 use livevote_protocol::{
     BalanceUpdated, Channel, Event, EventClosed, EventCreated, EventResult, EventStatus,
     EventUpdated, ServerMessage, Totals,
@@ -38,8 +38,9 @@ struct CachedEvent {
     /// EVENT_UPDATED for `seq`, built on first need (a tick or a snapshot) and then shared.
     updated: Mutex<Option<(u64, SharedMessage)>>,
     closed: Option<ClosedState>,
-    /// Waiting for the next coalescing tick.
-    dirty: bool,
+    /// Flush phases whose subscribers have not been offered the newest totals yet (bit `p`
+    /// for phase `p`, see [`FLUSH_PHASES`]).
+    phases_behind: PhaseSet,
 }
 
 impl CachedEvent {
@@ -72,13 +73,19 @@ fn encode_closed(event_id: Uuid, result: &EventResult) -> SharedMessage {
     }))
 }
 
+/// A set of flush phases, one bit each.
+type PhaseSet = u64;
+const ALL_PHASES: PhaseSet = PhaseSet::MAX >> (PhaseSet::BITS as usize - FLUSH_PHASES);
+const _: () = assert!(FLUSH_PHASES <= PhaseSet::BITS as usize);
+
 /// Open events and events closed within the recent-closed window, indexed by channel.
 #[derive(Debug, Default)]
 pub(crate) struct EventCache {
     events: HashMap<Uuid, CachedEvent>,
     /// Each channel's events in the order the node learned them.
     by_channel: HashMap<Channel, Vec<Uuid>>,
-    dirty: Vec<Uuid>,
+    /// Events with phases behind (each listed once).
+    changed: Vec<Uuid>,
 }
 
 /// What applying a change produced for the sockets.
@@ -135,7 +142,7 @@ impl EventCache {
                 seq,
                 updated: Mutex::new(None),
                 closed,
-                dirty: false,
+                phases_behind: 0,
             },
         );
         created
@@ -155,7 +162,7 @@ impl EventCache {
         Publication::Created(route, created)
     }
 
-    /// New totals: kept if newer than what is known, and marked for the next tick.
+    /// New totals: kept if newer than what is known, and owed to every flush phase.
     pub(crate) fn totals_changed(&mut self, event_id: Uuid, totals: &Totals, seq: u64) {
         let Some(cached) = self.events.get_mut(&event_id) else {
             return;
@@ -163,12 +170,12 @@ impl EventCache {
         if cached.closed.is_some() || seq <= cached.seq {
             return;
         }
-        cached.totals = totals.clone();
+        cached.totals.clone_from(totals);
         cached.seq = seq;
-        if !cached.dirty {
-            cached.dirty = true;
-            self.dirty.push(event_id);
+        if cached.phases_behind == 0 {
+            self.changed.push(event_id);
         }
+        cached.phases_behind = ALL_PHASES;
     }
 
     pub(crate) fn closed(
@@ -194,25 +201,30 @@ impl EventCache {
         Publication::Closed(cached.route, message)
     }
 
-    /// The events that changed since the last tick, each as one EVENT_UPDATED shared by all
-    /// its subscribers.
-    pub(crate) fn take_dirty(&mut self) -> Vec<EventUpdate> {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut updates = Vec::with_capacity(dirty.len());
-        for event_id in dirty {
-            let Some(cached) = self.events.get_mut(&event_id) else {
-                continue;
+    /// What the subscribers in flush phase `phase` are owed: every event whose totals changed
+    /// since that phase's last flush, each as one EVENT_UPDATED shared by all of them.
+    pub(crate) fn take_changed(&mut self, phase: usize) -> Vec<EventUpdate> {
+        let bit: PhaseSet = 1 << (phase % FLUSH_PHASES);
+        let mut updates = Vec::new();
+        let events = &mut self.events;
+        self.changed.retain(|event_id| {
+            let Some(cached) = events.get_mut(event_id) else {
+                return false;
             };
-            cached.dirty = false;
             if cached.closed.is_some() {
-                continue;
+                cached.phases_behind = 0;
+                return false;
             }
-            updates.push(EventUpdate {
-                route: cached.route,
-                seq: cached.seq,
-                message: cached.updated_message(),
-            });
-        }
+            if cached.phases_behind & bit != 0 {
+                cached.phases_behind &= !bit;
+                updates.push(EventUpdate {
+                    route: cached.route,
+                    seq: cached.seq,
+                    message: cached.updated_message(),
+                });
+            }
+            cached.phases_behind != 0
+        });
         updates
     }
 
@@ -355,4 +367,77 @@ pub(crate) fn encode_balance(user_id: Uuid, balance: i64) -> SharedMessage {
         balance,
         user_id: Some(user_id),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livevote_protocol::{EventOption, Timestamp};
+
+    fn event() -> Event {
+        Event {
+            id: Uuid::new_v4(),
+            streamer_id: Uuid::new_v4(),
+            game_id: None,
+            title: "Who wins?".into(),
+            options: ["a", "b"]
+                .map(|id| EventOption {
+                    id: id.into(),
+                    label: id.to_uppercase(),
+                })
+                .into(),
+            closes_at: Timestamp("2026-11-26T12:00:00.000Z".into()),
+            cost_per_vote: 1,
+            prompt_versions: None,
+        }
+    }
+
+    fn totals(a: u64) -> Totals {
+        Totals::from([("a".to_owned(), a), ("b".to_owned(), 0)])
+    }
+
+    fn seqs(updates: &[EventUpdate]) -> Vec<u64> {
+        updates.iter().map(|update| update.seq).collect()
+    }
+
+    #[test]
+    fn each_phase_is_offered_the_newest_totals_once() {
+        let mut cache = EventCache::default();
+        let event = event();
+        cache.created(&event);
+        cache.totals_changed(event.id, &totals(1), 1);
+        cache.totals_changed(event.id, &totals(2), 2);
+        for phase in 0..4 {
+            assert_eq!(seqs(&cache.take_changed(phase)), [2]);
+            assert!(cache.take_changed(phase).is_empty(), "once per phase");
+        }
+        // A change part-way through the interval is owed to every phase again.
+        cache.totals_changed(event.id, &totals(3), 3);
+        for phase in 0..FLUSH_PHASES {
+            assert_eq!(seqs(&cache.take_changed(phase)), [3], "phase {phase}");
+        }
+        assert!((0..FLUSH_PHASES).all(|phase| cache.take_changed(phase).is_empty()));
+        assert!(cache.changed.is_empty(), "nothing is left listed");
+        // Older totals arriving late change nothing.
+        cache.totals_changed(event.id, &totals(2), 2);
+        assert!(cache.take_changed(0).is_empty());
+    }
+
+    #[test]
+    fn a_closed_event_is_never_offered_again() {
+        let mut cache = EventCache::default();
+        let event = event();
+        cache.created(&event);
+        cache.totals_changed(event.id, &totals(1), 1);
+        assert_eq!(seqs(&cache.take_changed(0)), [1]);
+        let result = EventResult {
+            option_id: "a".into(),
+            totals: totals(1),
+        };
+        cache.closed(event.id, &result, 2, Utc::now());
+        for phase in 0..FLUSH_PHASES {
+            assert!(cache.take_changed(phase).is_empty());
+        }
+        assert!(cache.changed.is_empty());
+    }
 }
