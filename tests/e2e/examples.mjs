@@ -145,9 +145,11 @@ async function openPage(viewport) {
 }
 
 /** The widths of an event card's bars and its total, as the overlay shows them. */
+/** The card the overlay shows for an event: a card that is fading out ("leaving") may still
+ *  be in the page for half a second next to the event's new card, and is skipped. */
 async function readCard(page, eventId) {
   return page.evaluate((id) => {
-    const card = document.querySelector(`.card[data-event-id="${id}"]`);
+    const card = document.querySelector(`.card:not(.leaving)[data-event-id="${id}"]`);
     if (!card) return null;
     return {
       status: card.dataset.status,
@@ -189,15 +191,15 @@ test("the overlay the demo prints shows live events, moving bars and results, an
 
   // An event appears.
   const firstOpen = await eventually("an open event card", () =>
-    page.evaluate(() => document.querySelector('.card[data-status="open"]')?.dataset.eventId),
+    page.evaluate(() => document.querySelector('.card:not(.leaving)[data-status="open"]')?.dataset.eventId),
   );
-  assert.ok(await page.locator(`.card[data-event-id="${firstOpen}"] .title`).textContent());
+  assert.ok(await page.locator(`.card[data-event-id="${firstOpen}"] .title`).first().textContent());
 
   // Its bars move as the simulated viewers vote (on this event or the next one, if it closes first).
   let moved = null;
   const seen = new Map();
   await eventually("bars that move", async () => {
-    const ids = await page.evaluate(() => [...document.querySelectorAll('.card[data-status="open"]')].map((card) => card.dataset.eventId));
+    const ids = await page.evaluate(() => [...document.querySelectorAll('.card:not(.leaving)[data-status="open"]')].map((card) => card.dataset.eventId));
     for (const id of ids) {
       const card = await readCard(page, id);
       if (!card) continue;
@@ -216,7 +218,7 @@ test("the overlay the demo prints shows live events, moving bars and results, an
 
   // A result appears after a close (by the timer or by hand) and is highlighted.
   const closedId = await eventually("a result card", () =>
-    page.evaluate(() => document.querySelector('.card[data-status="closed"] .option.winner')?.closest(".card").dataset.eventId),
+    page.evaluate(() => document.querySelector('.card:not(.leaving)[data-status="closed"] .option.winner')?.closest(".card").dataset.eventId),
     40000,
   );
   const result = await readCard(page, closedId);
@@ -279,7 +281,14 @@ test("the viewer page votes, shows the cost, and follows the balance live", { ti
     assert.match(await button.textContent(), new RegExp(`${cost.toLocaleString("en-US")} pts`), "the button shows the cost");
     const before = Number(await balance.getAttribute("data-balance"));
     await hideMessage(page);
-    await button.click();
+    try {
+      await button.click({ timeout: 5000 });
+    } catch (error) {
+      // The event closed between picking its button and clicking it (the page disables the
+      // buttons of a closed event): the same close race as below, so try another event.
+      if (await button.isDisabled()) continue;
+      throw error;
+    }
     const message = page.locator("#message");
     await message.waitFor({ state: "visible", timeout: 10000 });
     if ((await message.getAttribute("data-kind")) === "success") {

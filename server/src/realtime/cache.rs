@@ -400,11 +400,17 @@ mod tests {
         updates.iter().map(|update| update.seq).collect()
     }
 
+    /// A cache that knows one open event.
+    fn cache_with(event: &Event) -> EventCache {
+        let mut cache = EventCache::default();
+        cache.created(event);
+        cache
+    }
+
     #[test]
     fn each_phase_is_offered_the_newest_totals_once() {
-        let mut cache = EventCache::default();
         let event = event();
-        cache.created(&event);
+        let mut cache = cache_with(&event);
         cache.totals_changed(event.id, &totals(1), 1);
         cache.totals_changed(event.id, &totals(2), 2);
         for phase in 0..4 {
@@ -425,9 +431,8 @@ mod tests {
 
     #[test]
     fn a_closed_event_is_never_offered_again() {
-        let mut cache = EventCache::default();
         let event = event();
-        cache.created(&event);
+        let mut cache = cache_with(&event);
         cache.totals_changed(event.id, &totals(1), 1);
         assert_eq!(seqs(&cache.take_changed(0)), [1]);
         let result = EventResult {
