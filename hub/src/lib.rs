@@ -35,6 +35,8 @@ pub use stats::HubStats;
 /// the sockets written last in a burst are not held up by all the others: on a busy node that
 /// burst, not the interval, made the slow end of the latency (bench/ANALYSIS.md, W2).
 pub const FLUSH_PHASES: usize = 25;
+// A subscriber's phase is kept in a byte.
+const _: () = assert!(FLUSH_PHASES >= 1 && FLUSH_PHASES <= u8::MAX as usize + 1);
 
 /// Bounds of the hub; the defaults are the contract's.
 #[derive(Debug, Clone)]
