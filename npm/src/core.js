@@ -73,6 +73,9 @@ const randomKey = () =>
  * Builds the entry's `connect`. `loadWasm()` initialises the wasm once and resolves with its
  * `Client` class; `defaultWebSocket()` finds a WebSocket when the options bring none.
  */
+/** How long a getToken() answer may take before it counts as a failure (ms). */
+const DEFAULT_TOKEN_TIMEOUT_MS = 10_000;
+
 export function makeConnect(loadWasm, defaultWebSocket) {
   return async function connect(options) {
     if (!options || typeof options.url !== "string") throw invalid("options.url is required");
@@ -89,12 +92,40 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       throw invalid("no WebSocket here: pass options.WebSocket (in Node 20, install `ws`)");
     }
 
-    // getToken()'s answer: a non-empty string, or undefined when it threw, rejected or gave none.
+    // A getToken() that never settles (a token service that hangs) must not stall the client
+    // for good: past this long its answer counts as none, and the usual backoff tries again.
+    const tokenTimeoutMs = options.tokenTimeoutMs === undefined ? DEFAULT_TOKEN_TIMEOUT_MS : options.tokenTimeoutMs;
+    if (!(typeof tokenTimeoutMs === "number" && tokenTimeoutMs > 0)) {
+      throw invalid("options.tokenTimeoutMs must be a positive number of milliseconds");
+    }
+    // getToken()'s answer: a non-empty string, or undefined when it threw, rejected, gave none
+    // or took longer than tokenTimeoutMs. close() ends the waits still running, so that it
+    // leaves no timer behind.
+    const tokenWaits = new Set();
     const fetchToken = async () => {
+      const wait = {};
       try {
-        const token = await getToken();
+        const token = await Promise.race([
+          getToken(),
+          new Promise((resolve) => {
+            wait.end = resolve;
+            wait.timer = setTimeout(resolve, tokenTimeoutMs);
+            tokenWaits.add(wait);
+          }),
+        ]);
         if (typeof token === "string" && token) return token;
-      } catch {}
+      } catch {
+      } finally {
+        clearTimeout(wait.timer);
+        tokenWaits.delete(wait);
+      }
+    };
+    const endTokenWaits = () => {
+      for (const wait of tokenWaits) {
+        clearTimeout(wait.timer);
+        wait.end();
+      }
+      tokenWaits.clear();
     };
     const listeners = [];
     const waiters = [];
@@ -267,7 +298,10 @@ export function makeConnect(loadWasm, defaultWebSocket) {
           waiters.push([resolve, reject]);
           settle();
         }),
-      close: () => core.close(),
+      close: () => {
+        core.close();
+        endTokenWaits();
+      },
     });
     core.start();
     return client;

@@ -234,6 +234,11 @@ export interface ConnectOptions {
   readonly heartbeatIntervalMs?: number;
   /** The server's `--pong-timeout` (default 10 000). A socket silent for both together is dead. */
   readonly pongTimeoutMs?: number;
+  /**
+   * How long a `getToken()` answer may take (default 10 000). One that takes longer counts as
+   * failed: the client backs off and asks again, instead of waiting for it for ever.
+   */
+  readonly tokenTimeoutMs?: number;
 }
 
 export interface ClientEvents {

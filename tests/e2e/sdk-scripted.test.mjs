@@ -355,6 +355,30 @@ describe("scripted server", () => {
       assert.match(result.url, /token=token-1$/);
     }));
 
+  test("a getToken() that never answers counts as failed after tokenTimeoutMs, and the client asks again", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        let calls = 0;
+        const first = await startLive({
+          tokenTimeoutMs: 300,
+          // The token service hangs once (a promise that never settles), then answers.
+          getToken: () => (++calls === 1 ? new Promise(() => {}) : Promise.resolve("token-fresh")),
+        });
+        first.serverClose(4002);
+        const second = await waitFor(() => FakeWebSocket.sockets[1], "a socket after the hung getToken()", 8000);
+        let refused;
+        try {
+          await livevote.connect({ url: location.origin, getToken: async () => "t", tokenTimeoutMs: 0, WebSocket: FakeWebSocket });
+        } catch (error) {
+          refused = [error.name, error.code];
+        }
+        return { calls, url: second.url, refused };
+      });
+      assert.equal(result.calls, 2, "asked once more after the first answer timed out");
+      assert.match(result.url, /token=token-fresh$/);
+      assert.deepEqual(result.refused, ["LivevoteError", "INVALID_OPTIONS"], "tokenTimeoutMs must be positive");
+    }));
+
   test("4002 without getToken stops with TOKEN_EXPIRED", () =>
     withPage(async (page) => {
       const status = await page.evaluate(async () => {
@@ -520,6 +544,24 @@ describe("scripted server", () => {
       assert.ok(result.waiting.timeouts > result.baseline.timeouts, "a retry timer while reconnecting");
       assert.deepEqual(result.closed, result.baseline);
       assert.equal(result.socketsAfter, result.socketsBefore, "no socket after close()");
+      assert.equal(result.state, "closed");
+    }));
+
+  test("close() while getToken() hangs leaves no timer behind", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        const baseline = aliveCounts();
+        let asked = 0;
+        const first = await startLive({ getToken: () => (asked++, new Promise(() => {})) });
+        first.serverClose(4002); // asks getToken(), which never answers
+        await waitFor(() => asked > 0, "a getToken() call");
+        const waiting = aliveCounts();
+        client.close();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return { baseline, waiting, closed: aliveCounts(), state: client.status().state };
+      });
+      assert.ok(result.waiting.timeouts > result.baseline.timeouts, "the wait for getToken() has a timer");
+      assert.deepEqual(result.closed, result.baseline);
       assert.equal(result.state, "closed");
     }));
 
