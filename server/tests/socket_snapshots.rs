@@ -259,3 +259,55 @@ async fn a_reconnect_storm_is_served_from_memory() {
         client.close().await;
     }
 }
+
+/// Waits (bounded) until the server holds `count` sockets.
+async fn until_socket_count(server: &TestServer, count: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.state.realtime.connection_count() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server still holds {} sockets, not {count}",
+            server.state.realtime.connection_count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn users_with_sockets_stay_cached_through_balance_sweeps() {
+    let server = TestServer::start().await;
+    let (staying, leaving) = (Uuid::new_v4(), Uuid::new_v4());
+    let staying_token = server.token(Role::Viewer, staying);
+    let leaving_token = server.token(Role::Viewer, leaving);
+    let mut open = connect(&server.socket_url(&format!("?token={staying_token}"))).await;
+    open.assert_responsive().await;
+    let mut gone = connect(&server.socket_url(&format!("?token={leaving_token}"))).await;
+    gone.assert_responsive().await;
+    gone.close().await;
+    until_socket_count(&server, 1).await;
+    // Long enough for an unused user to be dropped.
+    for _ in 0..4 {
+        server.state.realtime.sweep_balances();
+    }
+    assert!(server.state.realtime.is_user_known(staying));
+    assert!(!server.state.realtime.is_user_known(leaving));
+
+    let queries_before = server.state.store.query_count();
+    let mut again = connect(&server.socket_url(&format!("?token={staying_token}"))).await;
+    again.assert_responsive().await;
+    assert_eq!(
+        server.state.store.query_count(),
+        queries_before,
+        "a user with a socket here reconnects from memory"
+    );
+    let mut back = connect(&server.socket_url(&format!("?token={leaving_token}"))).await;
+    back.assert_responsive().await;
+    assert!(
+        server.state.store.query_count() > queries_before,
+        "a dropped user is looked up once more"
+    );
+    assert!(server.state.realtime.is_user_known(leaving));
+    for client in [open, again, back] {
+        client.close().await;
+    }
+}

@@ -110,20 +110,31 @@ pub(super) async fn run_heartbeat(realtime: Arc<Realtime>, shutdown: Cancellatio
 }
 
 /// Once a second: forgets events closed longer ago than the recent-closed window, and copies
-/// the hub's counters into the metrics recorder.
+/// the hub's counters into the metrics recorder. Every [`BALANCE_SWEEP_INTERVAL`]: sweeps the
+/// balance cache.
 pub(super) async fn run_housekeeping(realtime: Arc<Realtime>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut exported = ExportedCounters::default();
+    let mut next_balance_sweep = Instant::now() + BALANCE_SWEEP_INTERVAL;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         prune_closed_events(&realtime);
+        if Instant::now() >= next_balance_sweep {
+            next_balance_sweep = Instant::now() + BALANCE_SWEEP_INTERVAL;
+            let cached = realtime.sweep_balances();
+            metrics::gauge!("livevote_cached_balances").set(cached as f64);
+        }
         exported.export(&realtime);
     }
 }
+
+/// How often the balance cache drops users who have had no socket here and no balance change
+/// for a while (two sweeps): without it the cache would hold every user the node ever saw.
+const BALANCE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 fn prune_closed_events(realtime: &Realtime) {
     let recent_closed = chrono::Duration::from_std(realtime.settings.recent_closed)

@@ -225,6 +225,21 @@ impl Realtime {
         }
     }
 
+    /// A socket of `user_id` is being served: its user stays cached until the socket ends.
+    pub(crate) fn user_socket_opened(&self, user_id: Uuid) {
+        self.balances.socket_opened(user_id);
+    }
+
+    /// The socket of `user_id` that [`Realtime::user_socket_opened`] counted has ended.
+    pub(crate) fn user_socket_closed(&self, user_id: Uuid) {
+        self.balances.socket_closed(user_id);
+    }
+
+    /// One sweep of the balance cache (see `BalanceCache::sweep`); returns the users left.
+    pub fn sweep_balances(&self) -> usize {
+        self.balances.sweep()
+    }
+
     /// The fan-out hub (diagnostics and tests).
     pub fn hub(&self) -> &Hub {
         &self.hub
