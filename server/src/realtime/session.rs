@@ -92,7 +92,10 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// A session counts as one of its user's sockets on this node until it is dropped, which
+    /// keeps the user's cached balance (see `BalanceCache::sweep`).
     pub(super) fn new(state: AppState, connection: Arc<Connection>, claims: Claims) -> Self {
+        state.realtime.user_socket_opened(claims.sub);
         let command_rate = state.realtime.settings().command_rate;
         let mut session = Session {
             state,
@@ -377,6 +380,13 @@ impl Session {
         };
         self.connection
             .send(&notice_message(notice_codes::REFRESH_DENIED, denial, None));
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // However the socket task ends; a refresh never changes the user.
+        self.state.realtime.user_socket_closed(self.claims.sub);
     }
 }
 

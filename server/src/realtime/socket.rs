@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::Arc;
 use std::task::{ready, Poll};
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::session::{Ending, Session, Verdict};
-use super::{close_for_restart, notice_message, Realtime, Refusal};
+use super::{close_for_restart, notice_message, Refusal};
 use crate::auth::{Claims, TokenError};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -266,7 +265,6 @@ async fn serve(
     streamer_channel: Option<Channel>,
 ) {
     let realtime = state.realtime.clone();
-    let _user_cached = UserSocket::opened(&realtime, claims.sub);
     let connection = realtime.hub().connect();
     let mut session = Session::new(state, connection.clone(), claims);
     if realtime.is_restarting() {
@@ -276,30 +274,6 @@ async fn serve(
     }
     run(socket, &mut session).await;
     realtime.hub().disconnect(&connection);
-}
-
-/// Counts a user's socket while it is served, so the user's cached balance is kept for as long
-/// as the user has a socket here (a reconnect then needs no store query); the count drops
-/// however the socket task ends.
-struct UserSocket {
-    realtime: Arc<Realtime>,
-    user_id: Uuid,
-}
-
-impl UserSocket {
-    fn opened(realtime: &Arc<Realtime>, user_id: Uuid) -> Self {
-        realtime.user_socket_opened(user_id);
-        UserSocket {
-            realtime: realtime.clone(),
-            user_id,
-        }
-    }
-}
-
-impl Drop for UserSocket {
-    fn drop(&mut self) {
-        self.realtime.user_socket_closed(self.user_id);
-    }
 }
 
 async fn run(socket: WebSocket, session: &mut Session) {
