@@ -367,11 +367,8 @@ impl Bench {
         Ok(found)
     }
 
-    /// Opens socket `index` on `path` and reads its snapshot up to SUBSCRIBED, retrying refused
-    /// or failed opens (honouring Retry-After, with jitter) until `deadline`. `each` sees every
-    /// message of the snapshot.
     /// [`Bench::open_subscribed`] while holding a place at the connect `gate` (which paces
-    /// connects), counting a socket that could not be opened as failed.
+    /// connects), counting the socket as ready once subscribed, or as failed.
     pub async fn open_through_gate(
         &self,
         gate: Arc<Semaphore>,
@@ -386,12 +383,18 @@ impl Bench {
             .open_subscribed(index, path, deadline, stop, progress, |_, _| {})
             .await;
         drop(permit);
-        if socket.is_none() {
-            progress.failed.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = if socket.is_some() {
+            &progress.ready
+        } else {
+            &progress.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         socket
     }
 
+    /// Opens socket `index` on `path` and reads its snapshot up to SUBSCRIBED, retrying refused
+    /// or failed opens (honouring Retry-After, with jitter) until `deadline`. `each` sees every
+    /// message of the snapshot.
     pub async fn open_subscribed(
         &self,
         index: usize,

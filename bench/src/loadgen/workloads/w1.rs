@@ -69,7 +69,6 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             else {
                 return (0, 0);
             };
-            progress.ready.fetch_add(1, Ordering::Relaxed);
             loop {
                 match socket.receive(end, &stop, |_, _| {}).await {
                     Received::Frame => continue,

@@ -178,7 +178,6 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
                 return watch;
             };
             watch.opened = true;
-            progress.ready.fetch_add(1, Ordering::Relaxed);
             loop {
                 let mut update_at = None;
                 let outcome = socket

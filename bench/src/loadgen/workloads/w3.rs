@@ -105,7 +105,6 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             else {
                 return 0u64;
             };
-            progress.ready.fetch_add(1, Ordering::Relaxed);
             let epoch = bench.epoch;
             let mut malformed = 0u64;
             loop {

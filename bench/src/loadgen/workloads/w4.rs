@@ -129,7 +129,6 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             else {
                 return;
             };
-            progress.ready.fetch_add(1, Ordering::Relaxed);
             // Hold (answering PINGs) until the storm begins.
             loop {
                 match socket.receive(end, &drop_signal, |_, _| {}).await {

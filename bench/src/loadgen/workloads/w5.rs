@@ -87,7 +87,6 @@ pub async fn run(bench: &Arc<Bench>, options: &Options, label: &str) -> anyhow::
             else {
                 return;
             };
-            progress.ready.fetch_add(1, Ordering::Relaxed);
             loop {
                 let outcome = socket
                     .receive(end, &stop, |_, message| {
