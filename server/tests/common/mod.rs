@@ -99,6 +99,15 @@ pub fn mint(state: &AppState, role: Role, user: Uuid, streamer_id: Option<Uuid>)
     })
 }
 
+/// `claims` as an unsigned token (`alg: none`), which the server must refuse.
+pub fn unsigned_token(claims: &Claims) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
+    format!("{header}.{payload}.")
+}
+
 /// A state without a listener, for router tests through `oneshot`.
 pub async fn router_state(config: Config) -> AppState {
     livevote_server::start(config).await.expect("server starts")
