@@ -262,6 +262,19 @@ async function hideMessage(page) {
   });
 }
 
+/** Clicks a vote button; false when it could not be clicked within 5 s, which happens when
+ *  its event closed between finding the button and clicking it (the page disables it), so
+ *  that the caller tries another. Every caller bounds its retries. */
+async function clickUnlessDisabled(button) {
+  try {
+    await button.click({ timeout: 5000 });
+    return true;
+  } catch (error) {
+    if (error.name === "TimeoutError") return false;
+    throw error;
+  }
+}
+
 test("the viewer page votes, shows the cost, and follows the balance live", { timeout: 120000 }, async () => {
   const { page, problems } = await openPage({ width: 900, height: 1000 });
   await page.goto(`${server.url}/viewer/?user=1`);
@@ -281,14 +294,8 @@ test("the viewer page votes, shows the cost, and follows the balance live", { ti
     assert.match(await button.textContent(), new RegExp(`${cost.toLocaleString("en-US")} pts`), "the button shows the cost");
     const before = Number(await balance.getAttribute("data-balance"));
     await hideMessage(page);
-    try {
-      await button.click({ timeout: 5000 });
-    } catch (error) {
-      // The event closed between picking its button and clicking it (the page disables the
-      // buttons of a closed event): the same close race as below, so try another event.
-      if (await button.isDisabled()) continue;
-      throw error;
-    }
+    // The same close race as below, before the click: try another event.
+    if (!(await clickUnlessDisabled(button))) continue;
     const message = page.locator("#message");
     await message.waitFor({ state: "visible", timeout: 10000 });
     if ((await message.getAttribute("data-kind")) === "success") {
@@ -334,7 +341,7 @@ test("the viewer page votes, shows the cost, and follows the balance live", { ti
     const button = page.locator(".event:not(.closed) .vote:not([disabled])").first();
     if ((await button.count()) === 0) return false;
     await hideMessage(page);
-    await button.click();
+    if (!(await clickUnlessDisabled(button))) return false;
     const message = page.locator("#message");
     await message.waitFor({ state: "visible", timeout: 5000 });
     return /Not enough points/.test(await message.textContent());
