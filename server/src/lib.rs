@@ -239,7 +239,8 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
     });
     let graceful_state = state.clone();
-    axum::serve(
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let serving = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
@@ -247,9 +248,28 @@ pub async fn run(
         shutdown.await;
         graceful_state.shutdown.cancel();
         graceful_state.realtime.close_all_for_restart().await;
-    })
-    .await
+        let _ = draining.send(());
+    });
+    // axum waits for every open connection to finish; a client that keeps one open (an idle
+    // keep-alive it never closes, say) must not keep the process alive after SIGTERM.
+    tokio::select! {
+        result = serving => result,
+        () = async {
+            match drain_started.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_DRAIN_GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            tracing::warn!(
+                "connections still open {SHUTDOWN_DRAIN_GRACE:?} after shutdown began; stopping anyway"
+            );
+            Ok(())
+        }
+    }
 }
+
+/// How long open HTTP connections may take to finish once shutdown has closed the sockets.
+const SHUTDOWN_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// [`run`] over TLS when `--tls-cert` and `--tls-key` are set, plain otherwise.
 pub async fn serve(
@@ -281,7 +301,7 @@ pub async fn run_tls(
         shutdown.await;
         graceful_state.shutdown.cancel();
         graceful_state.realtime.close_all_for_restart().await;
-        graceful_handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        graceful_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_GRACE));
     });
     let router = app(state);
     axum_server::from_tcp_rustls(listener.into_std()?, tls)

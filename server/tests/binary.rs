@@ -137,6 +137,22 @@ async fn port_zero_prints_the_address_and_sigterm_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_connection_left_open_does_not_keep_the_server_from_exiting() {
+    use std::io::Write;
+    let mut running = start(&[], &[]);
+    // Half a request: the connection is busy, so a graceful shutdown would wait for it.
+    let mut stalled = std::net::TcpStream::connect(&running.address).unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(terminate(&mut running), 0);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn tokens_never_appear_in_logs() {
     let mut running = start(&[], &[("LIVEVOTE_LOG", "trace")]);
     let client = reqwest::Client::new();
