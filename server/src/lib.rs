@@ -10,6 +10,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod node;
 pub mod realtime;
 pub mod state;
 pub mod timers;
@@ -20,17 +21,15 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use livevote_storage::sqlite::SqliteStore;
-use livevote_storage::{EventRecord, Store, StoreError};
+use livevote_storage::{Store, StoreError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::auth::Authenticator;
-use crate::broker::{BrokerMessage, MemoryBroker};
+use crate::broker::MemoryBroker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::AppError;
 use crate::limits::VoteLimiter;
 use crate::realtime::Realtime;
 use crate::state::{AppState, Shared};
@@ -115,75 +114,6 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
         }
     });
     Ok(state)
-}
-
-impl AppState {
-    /// Applies a change received from the broker to this node: timers and sockets.
-    fn apply(&self, message: &BrokerMessage) {
-        if let BrokerMessage::EventCreated { event } = message {
-            match chrono::DateTime::parse_from_rfc3339(event.closes_at.as_str()) {
-                Ok(closes_at) => self
-                    .timers
-                    .arm(event.id, closes_at.with_timezone(&chrono::Utc)),
-                Err(error) => {
-                    tracing::error!(event_id = %event.id, %error, "event with an unreadable closesAt")
-                }
-            }
-        }
-        self.realtime.apply(message);
-    }
-
-    /// Publishes a change to every node (this one included).
-    pub async fn publish(&self, message: BrokerMessage) -> Result<(), AppError> {
-        self.broker
-            .publish(message)
-            .await
-            .map_err(|error| AppError::Unavailable(error.to_string()))
-    }
-
-    /// Makes a user known to the ledger once; later calls are answered from memory.
-    pub async fn ensure_user_known(&self, user_id: Uuid) -> Result<(), AppError> {
-        if self.realtime.is_user_known(user_id) {
-            return Ok(());
-        }
-        let balance = self
-            .store
-            .ensure_user(user_id, self.config.initial_balance)
-            .await?;
-        self.realtime.remember_balance(user_id, balance);
-        Ok(())
-    }
-
-    /// Closes an event (timer or request) and publishes EVENT_CLOSED if this call closed it.
-    pub async fn close_event(
-        &self,
-        event_id: Uuid,
-        chosen_option: Option<String>,
-    ) -> Result<EventRecord, AppError> {
-        let outcome = self
-            .store
-            .close_event(event_id, chosen_option, self.clock.now())
-            .await?;
-        if outcome.newly_closed {
-            let record = &outcome.record;
-            let result = record
-                .result
-                .clone()
-                .ok_or_else(|| AppError::Internal("closed without a result".into()))?;
-            let closed_at = record.closed_at.unwrap_or_else(|| self.clock.now());
-            let late = (closed_at - record.closes_at).num_milliseconds();
-            metrics::counter!("livevote_events_closed_total").increment(1);
-            metrics::histogram!("livevote_close_delay_ms").record(late.max(0) as f64);
-            self.publish(BrokerMessage::EventClosed {
-                event_id,
-                result,
-                seq: record.seq,
-                closed_at_ms: closed_at.timestamp_millis(),
-            })
-            .await?;
-        }
-        Ok(outcome.record)
-    }
 }
 
 /// The Prometheus recorder is process-wide; every server in this process shares it.

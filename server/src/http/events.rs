@@ -51,7 +51,10 @@ struct OptionInput {
 const MAX_EVENT_DURATION: chrono::Duration = chrono::Duration::hours(24);
 
 impl EventInput {
-    pub fn validate(self, now: DateTime<Utc>) -> Result<(Event, DateTime<Utc>), AppError> {
+    /// Checks everything but the closing window, which depends on the time of the request and
+    /// so is [`check_closing_window`]'s job: a retry of a create that succeeded must still be
+    /// recognised once its `closesAt` has passed.
+    pub fn validate(self) -> Result<(Event, DateTime<Utc>), AppError> {
         let invalid = |message: &str| AppError::validation("VALIDATION_FAILED", message);
         let id = match self.id {
             Some(id) => parse_uuid(&id).ok_or_else(|| invalid("id must be a uuid"))?,
@@ -92,11 +95,8 @@ impl EventInput {
         let closes_at =
             chrono::DurationRound::duration_trunc(closes_at, chrono::Duration::milliseconds(1))
                 .map_err(|_| invalid("closesAt is out of range"))?;
-        if closes_at <= now {
-            return Err(invalid("closesAt must be in the future"));
-        }
-        if closes_at > now + MAX_EVENT_DURATION {
-            return Err(invalid("closesAt must be at most 24 h ahead"));
+        if let Some(versions) = &self.prompt_versions {
+            check_prompt_versions(versions)?;
         }
         let cost_per_vote = self
             .cost_per_vote
@@ -124,6 +124,49 @@ impl EventInput {
     }
 }
 
+/// A new event must close in the future and at most 24 h ahead.
+pub fn check_closing_window(closes_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), AppError> {
+    let invalid = |message: &str| AppError::validation("VALIDATION_FAILED", message);
+    if closes_at <= now {
+        return Err(invalid("closesAt must be in the future"));
+    }
+    if closes_at > now + MAX_EVENT_DURATION {
+        return Err(invalid("closesAt must be at most 24 h ahead"));
+    }
+    Ok(())
+}
+
+/// Most `promptVersions` entries an event may carry.
+pub const MAX_PROMPT_VERSIONS: usize = 32;
+/// Longest `promptVersions` key, in characters.
+pub const MAX_PROMPT_VERSION_KEY: usize = 64;
+/// Longest `promptVersions` value, in characters.
+pub const MAX_PROMPT_VERSION_VALUE: usize = 128;
+
+/// `promptVersions` is echoed in every snapshot of the event's channels, so its size is
+/// bounded: 64 KiB of it in each of a streamer's events would make every snapshot huge.
+fn check_prompt_versions(versions: &BTreeMap<String, String>) -> Result<(), AppError> {
+    let invalid = |message: String| AppError::validation("VALIDATION_FAILED", &message);
+    if versions.len() > MAX_PROMPT_VERSIONS {
+        return Err(invalid(format!(
+            "promptVersions holds at most {MAX_PROMPT_VERSIONS} entries"
+        )));
+    }
+    for (key, value) in versions {
+        if key.is_empty() || key.chars().count() > MAX_PROMPT_VERSION_KEY {
+            return Err(invalid(format!(
+                "promptVersions keys must be 1–{MAX_PROMPT_VERSION_KEY} characters"
+            )));
+        }
+        if value.chars().count() > MAX_PROMPT_VERSION_VALUE {
+            return Err(invalid(format!(
+                "promptVersions values must be at most {MAX_PROMPT_VERSION_VALUE} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse_uuid(text: &str) -> Option<Uuid> {
     Uuid::try_parse(text).ok()
 }
@@ -147,14 +190,38 @@ pub async fn create(
             "only workers and admins create events".into(),
         ));
     }
-    let (event, closes_at) = body.value.validate(state.clock.now())?;
-    match state.store.create_event(&event, closes_at).await? {
+    let now = state.clock.now();
+    let (event, closes_at) = body.value.validate()?;
+    if let Err(too_late_or_far) = check_closing_window(closes_at, now) {
+        // A retry of a create that succeeded is answered 200 even once `closesAt` has passed;
+        // only a new event has to close in the future.
+        return match state.store.get_event(event.id).await? {
+            Some(existing) if existing.event == event && existing.closes_at == closes_at => Ok((
+                StatusCode::OK,
+                Json(EventEnvelope {
+                    event: existing.event,
+                }),
+            )
+                .into_response()),
+            _ => Err(too_late_or_far),
+        };
+    }
+    let committing = state.clone();
+    let outcome = state
+        .commit(async move {
+            let outcome = committing.store.create_event(&event, closes_at).await?;
+            if let CreateOutcome::Created(record) = &outcome {
+                committing
+                    .publish_committed([BrokerMessage::EventCreated {
+                        event: record.event.clone(),
+                    }])
+                    .await;
+            }
+            Ok(outcome)
+        })
+        .await?;
+    match outcome {
         CreateOutcome::Created(record) => {
-            state
-                .publish(BrokerMessage::EventCreated {
-                    event: record.event.clone(),
-                })
-                .await?;
             metrics::counter!("livevote_events_created_total").increment(1);
             Ok((
                 StatusCode::CREATED,
@@ -261,35 +328,39 @@ pub async fn vote(
             })? as u32,
     };
     let idempotency = idempotency_key(key, &uri, &body.raw);
+    let command = VoteCommand {
+        user_id: claims.sub,
+        event_id,
+        option_id: body.value.option_id,
+        votes,
+        idempotency,
+        now: state.clock.now(),
+        initial_balance: state.config.initial_balance,
+    };
+    let committing = state.clone();
     let receipt = state
-        .store
-        .cast_vote(VoteCommand {
-            user_id: claims.sub,
-            event_id,
-            option_id: body.value.option_id,
-            votes,
-            idempotency,
-            now: state.clock.now(),
-            initial_balance: state.config.initial_balance,
+        .commit(async move {
+            let receipt = committing.store.cast_vote(command).await?;
+            if !receipt.replayed {
+                metrics::counter!("livevote_votes_total").increment(u64::from(votes));
+                committing
+                    .publish_committed([
+                        BrokerMessage::TotalsChanged {
+                            event_id,
+                            totals: receipt.totals.clone(),
+                            seq: receipt.seq,
+                        },
+                        BrokerMessage::BalanceChanged {
+                            user_id: claims.sub,
+                            balance: receipt.balance,
+                            version: receipt.balance_version,
+                        },
+                    ])
+                    .await;
+            }
+            Ok(receipt)
         })
         .await?;
-    if !receipt.replayed {
-        metrics::counter!("livevote_votes_total").increment(u64::from(votes));
-        state
-            .publish(BrokerMessage::TotalsChanged {
-                event_id,
-                totals: receipt.totals.clone(),
-                seq: receipt.seq,
-            })
-            .await?;
-        state
-            .publish(BrokerMessage::BalanceChanged {
-                user_id: claims.sub,
-                balance: receipt.balance,
-                version: receipt.balance_version,
-            })
-            .await?;
-    }
     Ok(Json(VoteResponse {
         balance: receipt.balance,
         totals: receipt.totals,
@@ -310,7 +381,10 @@ pub async fn close(
         ));
     }
     let chosen = body.and_then(|body| body.option_id);
-    let record = state.close_event(event_id, chosen).await?;
+    let closing = state.clone();
+    let record = state
+        .commit(async move { closing.close_event(event_id, chosen).await })
+        .await?;
     let result = record
         .result
         .ok_or_else(|| AppError::Internal("a closed event has no result".into()))?;

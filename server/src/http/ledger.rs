@@ -64,26 +64,30 @@ pub async fn credit(
         ));
     }
     let idempotency = idempotency_key(key, &uri, &body.raw);
+    let command = CreditCommand {
+        admin_id: claims.sub,
+        user_id,
+        amount,
+        reason,
+        idempotency,
+        initial_balance: state.config.initial_balance,
+    };
+    let committing = state.clone();
     let receipt = state
-        .store
-        .credit(CreditCommand {
-            admin_id: claims.sub,
-            user_id,
-            amount,
-            reason,
-            idempotency,
-            initial_balance: state.config.initial_balance,
+        .commit(async move {
+            let receipt = committing.store.credit(command).await?;
+            if !receipt.replayed {
+                committing
+                    .publish_committed([BrokerMessage::BalanceChanged {
+                        user_id,
+                        balance: receipt.balance,
+                        version: receipt.balance_version,
+                    }])
+                    .await;
+            }
+            Ok(receipt)
         })
         .await?;
-    if !receipt.replayed {
-        state
-            .publish(BrokerMessage::BalanceChanged {
-                user_id,
-                balance: receipt.balance,
-                version: receipt.balance_version,
-            })
-            .await?;
-    }
     Ok(Json(BalanceResponse {
         user_id,
         balance: receipt.balance,
