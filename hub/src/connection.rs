@@ -92,11 +92,40 @@ impl LatestValue {
 
 /// What the connection knows about one event it has been told about.
 #[derive(Debug)]
-struct EventPhase {
-    route: EventRoute,
+pub(crate) struct EventPhase {
+    pub(crate) route: EventRoute,
     closed: bool,
     /// EVENT_UPDATED, versioned by the event's seq.
     update: LatestValue,
+}
+
+impl EventPhase {
+    pub(crate) fn new(route: EventRoute) -> Self {
+        EventPhase {
+            route,
+            closed: false,
+            update: LatestValue::default(),
+        }
+    }
+
+    /// Accepts EVENT_UPDATED `seq` for an event not yet closed if it is newer than every
+    /// earlier one; returns whether an unsent older update was dropped.
+    pub(crate) fn advance_update(&mut self, seq: u64) -> Option<bool> {
+        if self.closed {
+            return None;
+        }
+        self.update.advance(seq)
+    }
+
+    /// Marks the event closed; returns whether an unsent update was dropped, or `None` if it
+    /// was closed already.
+    pub(crate) fn close(&mut self) -> Option<bool> {
+        if self.closed {
+            return None;
+        }
+        self.closed = true;
+        Some(self.update.pending.take().is_some())
+    }
 }
 
 /// What the connection knows about one user's balance.
@@ -119,6 +148,10 @@ pub(crate) struct OutboxState {
     close: CloseState,
     /// Set when something became pending since the last drain; at most one wake-up per drain.
     wake_scheduled: bool,
+    /// True while a subscription's snapshot is being written: its messages are queued without
+    /// counting against the slow-consumer bound, which is about a client that does not keep
+    /// up with live traffic, not about how much state a channel has.
+    writing_snapshot: bool,
 }
 
 /// One connection as the hub sees it: its outbox, its channels and its heartbeat state.
@@ -151,6 +184,7 @@ impl Connection {
                 slots_pending: false,
                 close: CloseState::Open,
                 wake_scheduled: false,
+                writing_snapshot: false,
             }),
             wake: Notify::new(),
             registered_ping_round,
@@ -363,10 +397,20 @@ impl OutboxState {
         true
     }
 
+    /// Starts or ends writing a snapshot (see `writing_snapshot`).
+    pub(crate) fn set_writing_snapshot(&mut self, writing: bool) {
+        self.writing_snapshot = writing;
+    }
+
     /// Appends a must-deliver message; past the byte bound the connection is closed 4009.
+    /// A snapshot's messages do not count against the bound.
     pub(crate) fn push_queue(&mut self, core: &HubCore, message: &SharedMessage) -> NeedsWake {
         if !self.is_open() {
             return false;
+        }
+        if self.writing_snapshot {
+            self.queue.push_back(message.clone());
+            return self.schedule_wake();
         }
         self.queued_bytes += message.len();
         if self.queued_bytes > core.config.max_pending_bytes {
@@ -387,6 +431,22 @@ impl OutboxState {
     fn event_position(&self, event_id: Uuid) -> Result<usize, usize> {
         self.events
             .binary_search_by_key(&event_id, |event| event.route.event_id)
+    }
+
+    /// The phase of an event this connection was told about.
+    pub(crate) fn event_phase_mut(&mut self, event_id: Uuid) -> Option<&mut EventPhase> {
+        let position = self.event_position(event_id).ok()?;
+        Some(&mut self.events[position])
+    }
+
+    /// Adds phases that are not held yet, in one sort: what a snapshot staged.
+    pub(crate) fn merge_event_phases(&mut self, phases: Vec<EventPhase>) {
+        if phases.is_empty() {
+            return;
+        }
+        self.events.extend(phases);
+        self.events
+            .sort_unstable_by_key(|event| event.route.event_id);
     }
 
     /// EVENT_CREATED, once per event whichever channel brings it.
@@ -428,21 +488,6 @@ impl OutboxState {
         };
         self.events[position].update.pending = Some(message.clone());
         self.slot_filled(core, MessageKind::EventUpdated, dropped_older)
-    }
-
-    /// EVENT_UPDATED in order in the queue (snapshots: it must precede SUBSCRIBED).
-    pub(crate) fn queue_event_update(
-        &mut self,
-        core: &HubCore,
-        event_id: Uuid,
-        seq: u64,
-        message: &SharedMessage,
-    ) -> NeedsWake {
-        // Whatever waits in the slot is older than this and would follow it out: drop it.
-        let Some((_, dropped_older)) = self.advance_event(event_id, seq) else {
-            return false;
-        };
-        self.queue_superseding(core, MessageKind::EventUpdated, dropped_older, message)
     }
 
     /// For an event this open connection was told about and has not seen closed: accepts `seq`
@@ -493,7 +538,7 @@ impl OutboxState {
     }
 
     /// Queues a message that makes an unsent slot message of `kind` obsolete (counted dropped).
-    fn queue_superseding(
+    pub(crate) fn queue_superseding(
         &mut self,
         core: &HubCore,
         kind: MessageKind,

@@ -11,6 +11,7 @@
 mod connection;
 mod frames;
 mod message;
+mod snapshot;
 mod stats;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ pub use connection::{CloseRequest, Connection, ConnectionId, EventRoute};
 use connection::{NeedsWake, OutboxState};
 pub use frames::pack_frames;
 pub use message::{MessageKind, SharedMessage};
+pub use snapshot::Snapshot;
 pub use stats::HubStats;
 
 /// How many phases an update interval is cut into for coalesced EVENT_UPDATED. Each
@@ -153,42 +155,6 @@ impl WakeList {
         for connection in self.connections.drain(..) {
             connection.wake();
         }
-    }
-}
-
-/// What a subscription's snapshot is written into: the connection's outbox, in order, under
-/// the channel's lock, so that nothing published meanwhile is lost or overtaken.
-#[derive(Debug)]
-pub struct Snapshot<'a> {
-    state: &'a mut OutboxState,
-    core: &'a HubCore,
-    needs_wake: bool,
-}
-
-impl Snapshot<'_> {
-    pub fn event_created(&mut self, route: EventRoute, message: &SharedMessage) {
-        self.needs_wake |= self.state.offer_event_created(self.core, route, message);
-    }
-
-    /// The event's current totals; skipped if the connection already has these or newer.
-    pub fn event_updated(&mut self, event_id: Uuid, seq: u64, message: &SharedMessage) {
-        self.needs_wake |= self
-            .state
-            .queue_event_update(self.core, event_id, seq, message);
-    }
-
-    pub fn event_closed(&mut self, event_id: Uuid, message: &SharedMessage) {
-        self.needs_wake |= self.state.offer_event_closed(self.core, event_id, message);
-    }
-
-    pub fn balance(&mut self, user_id: Uuid, version: u64, message: &SharedMessage) {
-        self.needs_wake |= self
-            .state
-            .queue_balance(self.core, user_id, version, message);
-    }
-
-    pub fn message(&mut self, message: &SharedMessage) {
-        self.needs_wake |= self.state.push_queue(self.core, message);
     }
 }
 
@@ -363,15 +329,11 @@ impl Hub {
                     return refusal;
                 }
                 state.add_channel(channel);
-                let mut snapshot = Snapshot {
-                    state: &mut state,
-                    core: &self.core,
-                    needs_wake: false,
-                };
+                let mut snapshot = Snapshot::new(&mut state, &self.core);
                 if let Some(fill) = fill_snapshot.take() {
                     fill(&mut snapshot);
                 }
-                snapshot.needs_wake
+                snapshot.finish()
             };
             subscribers.insert(connection.clone());
             drop(subscribers);

@@ -296,6 +296,83 @@ fn balances_keep_the_latest_version() {
 }
 
 #[test]
+fn a_snapshot_larger_than_the_queue_bound_is_delivered_and_live_traffic_stays_bounded() {
+    let hub = Hub::new(HubConfig {
+        max_pending_bytes: 10_000,
+        ..HubConfig::default()
+    });
+    let connection = hub.connect();
+    let channel = Channel::streamer(STREAMER);
+    // Far more state than the bound allows: 400 events, each created and updated.
+    let routes: Vec<EventRoute> = (0..400).map(route).collect();
+    hub.subscribe(&connection, channel, |snapshot| {
+        for route in &routes {
+            snapshot.event_created(*route, &created(*route));
+            snapshot.event_updated(route.event_id, 1, &updated(*route, 1));
+        }
+    });
+    assert_eq!(
+        connection.take_close_request(),
+        None,
+        "the snapshot closed the socket"
+    );
+    let (messages, _) = drain(&connection);
+    assert_eq!(messages.len(), 800);
+    // The staged events were merged: a live update of any of them reaches the connection,
+    // an older one does not.
+    let phase = connection.flush_phase();
+    let mut wakes = WakeList::new();
+    for (route, seq) in [(routes[399], 2), (routes[0], 1)] {
+        let update = EventUpdate {
+            route,
+            seq,
+            message: updated(route, seq),
+        };
+        hub.deliver_event_update(&update, phase, &mut wakes);
+    }
+    wakes.wake_all();
+    assert_eq!(describe(&drain(&connection).0), ["updated 399 seq 2"]);
+    // Live traffic after the snapshot still counts against the bound.
+    let message = notice("MAINTENANCE");
+    for _ in 0..(10_000 / message.len() + 2) {
+        hub.publish_to_channel(&channel, &message);
+    }
+    let request = connection
+        .take_close_request()
+        .expect("a close was requested");
+    assert_eq!(request.code, livevote_protocol::close_codes::TOO_SLOW);
+}
+
+#[test]
+fn a_snapshot_repeats_nothing_another_channel_already_delivered_in_either_order() {
+    let hub = Hub::new(HubConfig::default());
+    let connection = hub.connect();
+    let routes: Vec<EventRoute> = (0..50).rev().map(route).collect();
+    hub.subscribe(&connection, Channel::game(GAME), |snapshot| {
+        for route in routes.iter().step_by(2) {
+            snapshot.event_created(*route, &created(*route));
+        }
+    });
+    hub.subscribe(&connection, Channel::streamer(STREAMER), |snapshot| {
+        for route in &routes {
+            snapshot.event_created(*route, &created(*route));
+            snapshot.event_closed(route.event_id, &closed(*route, 0));
+            snapshot.event_closed(route.event_id, &closed(*route, 0));
+        }
+    });
+    let described = describe(&drain(&connection).0);
+    let created_count = described
+        .iter()
+        .filter(|line| line.starts_with("created"))
+        .count();
+    let closed_count = described
+        .iter()
+        .filter(|line| line.starts_with("closed"))
+        .count();
+    assert_eq!((created_count, closed_count), (50, 50));
+}
+
+#[test]
 fn an_overflowing_queue_asks_for_close_4009_and_frees_memory() {
     let hub = Hub::new(HubConfig {
         max_pending_bytes: 10_000,

@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
 
+    /// Open events one streamer may have at once; creating one more is 409
+    /// `TOO_MANY_OPEN_EVENTS`. Every open event is in each snapshot of its channels.
+    #[arg(long, env = "LIVEVOTE_MAX_OPEN_EVENTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_open_events: u32,
+
     /// New sockets per second per node; past it 503 with Retry-After.
     #[arg(long, env = "LIVEVOTE_CONNECT_RATE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connect_rate: u32,

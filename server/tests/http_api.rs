@@ -711,3 +711,66 @@ async fn operations_endpoints_answer() {
     let (status, body) = call(&state, get("/api/nothing-here", None)).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn past_the_open_events_cap_a_create_is_409_and_a_retry_of_an_existing_one_is_200() {
+    let mut config = test_config();
+    config.max_open_events = 3;
+    let state = router_state(config).await;
+    let worker = mint(&state, Role::Worker, Uuid::new_v4(), None);
+    let streamer = Uuid::new_v4();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let mut body = event_body(&state, streamer, 600);
+        body["id"] = json!(Uuid::new_v4());
+        let (status, answer) = call(&state, post("/api/events", Some(&worker), &body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        bodies.push(body);
+    }
+    let (status, answer) = call(
+        &state,
+        post(
+            "/api/events",
+            Some(&worker),
+            &event_body(&state, streamer, 600),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"]["code"], "TOO_MANY_OPEN_EVENTS");
+    // Retrying a create that succeeded is still answered 200.
+    let (status, answer) = call(&state, post("/api/events", Some(&worker), &bodies[0])).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Another streamer is not affected, and closing one event makes room again.
+    let (status, _) = call(
+        &state,
+        post(
+            "/api/events",
+            Some(&worker),
+            &event_body(&state, Uuid::new_v4(), 600),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let first = bodies[0]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &state,
+        post(
+            &format!("/api/events/{first}/close"),
+            Some(&worker),
+            &json!({}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = call(
+        &state,
+        post(
+            "/api/events",
+            Some(&worker),
+            &event_body(&state, streamer, 600),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}

@@ -311,3 +311,57 @@ async fn users_with_sockets_stay_cached_through_balance_sweeps() {
         client.close().await;
     }
 }
+
+/// An event body whose `promptVersions` is as large as the limits allow (about 6 KB of JSON).
+fn bulky_event_body(server: &TestServer, streamer: Uuid) -> serde_json::Value {
+    let mut body = event_body(&server.state, streamer, 600);
+    let versions: serde_json::Map<String, serde_json::Value> = (0..32)
+        .map(|index| {
+            (
+                format!("{index:02}{}", "k".repeat(62)),
+                serde_json::Value::String("v".repeat(128)),
+            )
+        })
+        .collect();
+    body["promptVersions"] = serde_json::Value::Object(versions);
+    body
+}
+
+#[tokio::test]
+async fn a_snapshot_larger_than_the_slow_consumer_bound_is_delivered_whole() {
+    let server = TestServer::start().await;
+    let streamer = Uuid::new_v4();
+    let worker = server.token(Role::Worker, Uuid::new_v4());
+    // 100 open events and 100 recently closed ones, each ~6 KB: a snapshot of about 1.3 MB,
+    // past the 1 MiB that closes a socket that does not keep up with live traffic.
+    let mut closed = 0;
+    for round in 0..2 {
+        for _ in 0..100 {
+            let body = bulky_event_body(&server, streamer);
+            let (status, answer) =
+                call(&server.state, post("/api/events", Some(&worker), &body)).await;
+            assert_eq!(status.as_u16(), 201, "{answer}");
+            if round == 0 {
+                let id: Uuid = answer["event"]["id"].as_str().unwrap().parse().unwrap();
+                close_event(&server.state, id).await;
+                closed += 1;
+            }
+        }
+    }
+    assert_eq!(closed, 100);
+    let viewer = server.token(Role::Viewer, Uuid::new_v4());
+    let mut client =
+        connect(&server.socket_url(&format!("?streamerId={streamer}&token={viewer}"))).await;
+    let snapshot = client.until_subscribed().await;
+    let created = snapshot
+        .iter()
+        .filter(|message| matches!(message, ServerMessage::EventCreated(_)))
+        .count();
+    let closed_messages = snapshot
+        .iter()
+        .filter(|message| matches!(message, ServerMessage::EventClosed(_)))
+        .count();
+    assert_eq!((created, closed_messages), (200, 100));
+    client.assert_responsive().await;
+    client.close().await;
+}

@@ -192,9 +192,16 @@ pub async fn create(
     }
     let now = state.clock.now();
     let (event, closes_at) = body.value.validate()?;
-    if let Err(too_late_or_far) = check_closing_window(closes_at, now) {
-        // A retry of a create that succeeded is answered 200 even once `closesAt` has passed;
-        // only a new event has to close in the future.
+    let refusal = check_closing_window(closes_at, now).err().or_else(|| {
+        let open = state.realtime.open_events_of(event.streamer_id);
+        (open >= state.config.max_open_events as usize).then(|| AppError::Conflict {
+            code: "TOO_MANY_OPEN_EVENTS",
+            message: format!("this streamer already has {open} open events; close one first"),
+        })
+    });
+    if let Some(refusal) = refusal {
+        // A retry of a create that succeeded is answered 200 even once `closesAt` has passed
+        // or the streamer has reached the cap; only a new event is held to them.
         return match state.store.get_event(event.id).await? {
             Some(existing) if existing.event == event && existing.closes_at == closes_at => Ok((
                 StatusCode::OK,
@@ -203,7 +210,7 @@ pub async fn create(
                 }),
             )
                 .into_response()),
-            _ => Err(too_late_or_far),
+            _ => Err(refusal),
         };
     }
     let committing = state.clone();

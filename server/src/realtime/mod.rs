@@ -4,7 +4,8 @@
 //! `livevote-hub` crate.
 
 mod background;
-mod cache;
+mod balance_cache;
+mod event_cache;
 mod session;
 pub mod socket;
 
@@ -27,7 +28,8 @@ use uuid::Uuid;
 use crate::broker::{BrokerMessage, NoticeTarget};
 use crate::clock::Clock;
 use crate::config::Config;
-use cache::{encode_balance, BalanceCache, EventCache, Publication};
+use balance_cache::{encode_balance, BalanceCache};
+use event_cache::{EventCache, Publication};
 
 /// How long `close_all_for_restart` waits for sockets to take their last frames.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
@@ -246,6 +248,11 @@ impl Realtime {
     }
 
     /// Events held in memory for snapshots (diagnostics and tests).
+    /// Open events of one streamer this node holds (see `--max-open-events`).
+    pub fn open_events_of(&self, streamer_id: Uuid) -> usize {
+        self.events.read().open_events_of(streamer_id)
+    }
+
     pub fn cached_event_count(&self) -> usize {
         self.events.read().len()
     }

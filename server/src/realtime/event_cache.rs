@@ -1,14 +1,14 @@
-//! The node's memory of live events and balances: what snapshots are served from, so that a
-//! reconnect storm costs no database query. Each event's EVENT_CREATED and EVENT_CLOSED are
+//! The node's memory of live events: what snapshots are served from, so that a reconnect
+//! storm costs no database query. Each event's EVENT_CREATED and EVENT_CLOSED are
 //! serialized once; its EVENT_UPDATED once per seq.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use livevote_hub::{EventRoute, EventUpdate, SharedMessage, Snapshot, FLUSH_PHASES};
 use livevote_protocol::{
-    BalanceUpdated, Channel, Event, EventClosed, EventCreated, EventResult, EventStatus,
-    EventUpdated, ServerMessage, Totals,
+    Channel, Event, EventClosed, EventCreated, EventResult, EventStatus, EventUpdated,
+    ServerMessage, Totals,
 };
 use livevote_storage::EventRecord;
 use parking_lot::Mutex;
@@ -86,6 +86,8 @@ pub(crate) struct EventCache {
     by_channel: HashMap<Channel, Vec<Uuid>>,
     /// Events with phases behind (each listed once).
     changed: Vec<Uuid>,
+    /// Closed events by the time they closed, so pruning visits only what expired.
+    closed_order: BTreeSet<(DateTime<Utc>, Uuid)>,
 }
 
 /// What applying a change produced for the sockets.
@@ -102,10 +104,14 @@ impl EventCache {
             return;
         }
         let closed = match (record.status, record.result.as_ref()) {
-            (EventStatus::Closed, Some(result)) => Some(ClosedState {
-                message: encode_closed(route.event_id, result),
-                closed_at: record.closed_at.unwrap_or(record.closes_at),
-            }),
+            (EventStatus::Closed, Some(result)) => {
+                let closed_at = record.closed_at.unwrap_or(record.closes_at);
+                self.closed_order.insert((closed_at, route.event_id));
+                Some(ClosedState {
+                    message: encode_closed(route.event_id, result),
+                    closed_at,
+                })
+            }
             _ => None,
         };
         let totals = match (&closed, record.result) {
@@ -198,6 +204,7 @@ impl EventCache {
             message: message.clone(),
             closed_at,
         });
+        self.closed_order.insert((closed_at, event_id));
         Publication::Closed(cached.route, message)
     }
 
@@ -255,178 +262,50 @@ impl EventCache {
     }
 
     /// Removes events closed before `closed_before`; returns their routes so outboxes can
-    /// forget them too.
+    /// forget them too. Costs what expired plus the lists of the channels it was in, never a
+    /// walk over every cached event (this runs every second under the cache's write lock).
     pub(crate) fn prune(&mut self, closed_before: DateTime<Utc>) -> Vec<EventRoute> {
-        let expired: Vec<EventRoute> = self
-            .events
-            .values()
-            .filter(|cached| {
-                cached
-                    .closed
-                    .as_ref()
-                    .is_some_and(|closed| closed.closed_at < closed_before)
-            })
-            .map(|cached| cached.route)
-            .collect();
-        for route in &expired {
-            self.events.remove(&route.event_id);
-            for channel in route.channels() {
-                if let Some(ids) = self.by_channel.get_mut(&channel) {
-                    ids.retain(|id| *id != route.event_id);
-                    if ids.is_empty() {
-                        self.by_channel.remove(&channel);
-                    }
+        let mut expired = Vec::new();
+        while let Some(&(closed_at, event_id)) = self.closed_order.first() {
+            if closed_at >= closed_before {
+                break;
+            }
+            self.closed_order.pop_first();
+            if let Some(cached) = self.events.remove(&event_id) {
+                expired.push(cached.route);
+            }
+        }
+        if expired.is_empty() {
+            return expired;
+        }
+        let expired_ids: HashSet<Uuid> = expired.iter().map(|route| route.event_id).collect();
+        let channels: HashSet<Channel> = expired.iter().flat_map(EventRoute::channels).collect();
+        for channel in channels {
+            if let Some(ids) = self.by_channel.get_mut(&channel) {
+                ids.retain(|id| !expired_ids.contains(id));
+                if ids.is_empty() {
+                    self.by_channel.remove(&channel);
                 }
             }
         }
         expired
     }
 
+    /// Open events of one streamer this node holds (the per-streamer cap).
+    pub(crate) fn open_events_of(&self, streamer_id: Uuid) -> usize {
+        self.by_channel
+            .get(&Channel::streamer(streamer_id))
+            .map_or(0, |ids| {
+                ids.iter()
+                    .filter_map(|id| self.events.get(id))
+                    .filter(|cached| cached.closed.is_none())
+                    .count()
+            })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.events.len()
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CachedBalance {
-    balance: i64,
-    version: u64,
-    /// Sockets of this user open on this node: their user stays cached, so that reconnecting
-    /// them never asks the store.
-    open_sockets: u32,
-    /// Sweeps since the entry was last used (see [`BalanceCache::sweep`]).
-    idle_sweeps: u8,
-}
-
-impl CachedBalance {
-    fn new(balance: i64, version: u64) -> Self {
-        CachedBalance {
-            balance,
-            version,
-            open_sockets: 0,
-            idle_sweeps: 0,
-        }
-    }
-}
-
-/// Sweeps an entry without sockets may sit unused before it is dropped.
-const IDLE_SWEEPS_BEFORE_DROP: u8 = 2;
-
-const BALANCE_SHARDS: usize = 16;
-
-/// Balances of users this node has seen (a user is known to the ledger once it is here).
-/// `version` is the ledger entry behind the balance (see `BrokerMessage::BalanceChanged`); it
-/// orders one user's balances here and in the outboxes' latest-value slots.
-#[derive(Debug)]
-pub(crate) struct BalanceCache {
-    shards: Box<[Mutex<HashMap<Uuid, CachedBalance>>]>,
-}
-
-impl Default for BalanceCache {
-    fn default() -> Self {
-        BalanceCache {
-            shards: (0..BALANCE_SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-}
-
-/// The version of a balance read from the store without naming its entry: older than any change.
-const UNVERSIONED: u64 = 0;
-
-impl BalanceCache {
-    fn shard(&self, user_id: Uuid) -> &Mutex<HashMap<Uuid, CachedBalance>> {
-        &self.shards[user_id.as_u64_pair().1 as usize % BALANCE_SHARDS]
-    }
-
-    /// Whether the user is cached; using an entry keeps it from the next sweeps.
-    pub(crate) fn contains(&self, user_id: Uuid) -> bool {
-        self.shard(user_id)
-            .lock()
-            .get_mut(&user_id)
-            .map(|cached| cached.idle_sweeps = 0)
-            .is_some()
-    }
-
-    /// The balance and its version, if known.
-    pub(crate) fn get(&self, user_id: Uuid) -> Option<(i64, u64)> {
-        self.shard(user_id).lock().get_mut(&user_id).map(|cached| {
-            cached.idle_sweeps = 0;
-            (cached.balance, cached.version)
-        })
-    }
-
-    /// A change from the ledger; kept only if newer than what is cached. Returns whether it was.
-    pub(crate) fn set(&self, user_id: Uuid, balance: i64, version: u64) -> bool {
-        let mut shard = self.shard(user_id).lock();
-        match shard.get_mut(&user_id) {
-            Some(cached) if cached.version >= version => false,
-            Some(cached) => {
-                cached.balance = balance;
-                cached.version = version;
-                cached.idle_sweeps = 0;
-                true
-            }
-            None => {
-                shard.insert(user_id, CachedBalance::new(balance, version));
-                true
-            }
-        }
-    }
-
-    /// A socket of `user_id` opened on this node (after the user was made known).
-    pub(crate) fn socket_opened(&self, user_id: Uuid) {
-        self.change_open_sockets(user_id, |count| count.saturating_add(1));
-    }
-
-    /// A socket of `user_id` closed on this node.
-    pub(crate) fn socket_closed(&self, user_id: Uuid) {
-        self.change_open_sockets(user_id, |count| count.saturating_sub(1));
-    }
-
-    fn change_open_sockets(&self, user_id: Uuid, change: impl FnOnce(u32) -> u32) {
-        if let Some(cached) = self.shard(user_id).lock().get_mut(&user_id) {
-            cached.open_sockets = change(cached.open_sockets);
-            cached.idle_sweeps = 0;
-        }
-    }
-
-    /// Drops users with no socket on this node that nothing has used for
-    /// [`IDLE_SWEEPS_BEFORE_DROP`] sweeps, so that the cache holds the users who are around
-    /// rather than every user the node ever saw. A dropped user costs one store query when it
-    /// comes back. Returns how many entries are left.
-    pub(crate) fn sweep(&self) -> usize {
-        let mut left = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.retain(|_, cached| {
-                if cached.open_sockets > 0 {
-                    return true;
-                }
-                cached.idle_sweeps = cached.idle_sweeps.saturating_add(1);
-                cached.idle_sweeps <= IDLE_SWEEPS_BEFORE_DROP
-            });
-            left += shard.len();
-        }
-        left
-    }
-
-    /// A balance read from the store: kept only if nothing arrived meanwhile. Returns the
-    /// version when it was inserted.
-    pub(crate) fn insert_if_absent(&self, user_id: Uuid, balance: i64) -> Option<u64> {
-        let mut shard = self.shard(user_id).lock();
-        if shard.contains_key(&user_id) {
-            return None;
-        }
-        shard.insert(user_id, CachedBalance::new(balance, UNVERSIONED));
-        Some(UNVERSIONED)
-    }
-}
-
-pub(crate) fn encode_balance(user_id: Uuid, balance: i64) -> SharedMessage {
-    SharedMessage::encode(&ServerMessage::BalanceUpdated(BalanceUpdated {
-        balance,
-        user_id: Some(user_id),
-    }))
 }
 
 #[cfg(test)]
@@ -490,6 +369,46 @@ mod tests {
     }
 
     #[test]
+    fn pruning_removes_exactly_what_closed_before_the_cutoff_whatever_the_close_order() {
+        let mut cache = EventCache::default();
+        let streamer = Uuid::new_v4();
+        let start = Utc::now();
+        let mut events = Vec::new();
+        for _ in 0..6 {
+            let mut event = event();
+            event.streamer_id = streamer;
+            cache.created(&event);
+            events.push(event);
+        }
+        let result = EventResult {
+            option_id: "a".into(),
+            totals: totals(0),
+        };
+        // Closed out of order: 3 s, 1 s, 5 s, 2 s after start; two stay open.
+        for (index, seconds) in [(0, 3), (1, 1), (2, 5), (3, 2)] {
+            let closed_at = start + chrono::Duration::seconds(seconds);
+            cache.closed(events[index].id, &result, 1, closed_at);
+        }
+        assert_eq!(cache.open_events_of(streamer), 2);
+        let pruned = cache.prune(start + chrono::Duration::milliseconds(2500));
+        let mut pruned_ids: Vec<Uuid> = pruned.iter().map(|route| route.event_id).collect();
+        pruned_ids.sort();
+        let mut expected = vec![events[1].id, events[3].id];
+        expected.sort();
+        assert_eq!(pruned_ids, expected);
+        assert_eq!(cache.len(), 4);
+        assert!(
+            cache.prune(start).is_empty(),
+            "nothing closed before the start"
+        );
+        assert_eq!(cache.prune(start + chrono::Duration::seconds(10)).len(), 2);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.open_events_of(streamer), 2);
+        let listed = &cache.by_channel[&Channel::streamer(streamer)];
+        assert_eq!(listed, &vec![events[4].id, events[5].id]);
+    }
+
+    #[test]
     fn a_closed_event_is_never_offered_again() {
         let event = event();
         let mut cache = cache_with(&event);
@@ -504,51 +423,5 @@ mod tests {
             assert!(cache.take_changed(phase).is_empty());
         }
         assert!(cache.changed.is_empty());
-    }
-}
-
-#[cfg(test)]
-mod balance_tests {
-    use super::*;
-
-    #[test]
-    fn a_sweep_keeps_users_with_sockets_and_drops_users_idle_for_long() {
-        let cache = BalanceCache::default();
-        let (watching, idle, busy) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        for user in [watching, idle, busy] {
-            cache.insert_if_absent(user, 100);
-        }
-        cache.socket_opened(watching);
-        for sweep in 1..=IDLE_SWEEPS_BEFORE_DROP {
-            cache.sweep();
-            assert!(cache.get(busy).is_some(), "in use before sweep {sweep}");
-        }
-        // `idle` sat through every sweep unused; `busy` was read before each one.
-        assert_eq!(cache.sweep(), 2);
-        assert!(!cache.contains(idle), "dropped after it went unused");
-        assert!(cache.contains(watching) && cache.contains(busy));
-        // Sockets keep their user however long nothing else touches it.
-        for _ in 0..10 {
-            cache.sweep();
-        }
-        assert_eq!(cache.get(watching), Some((100, UNVERSIONED)));
-        assert!(!cache.contains(busy));
-        // Once its socket is gone, the user goes the way of the others.
-        cache.socket_closed(watching);
-        for _ in 0..=IDLE_SWEEPS_BEFORE_DROP {
-            cache.sweep();
-        }
-        assert_eq!(cache.sweep(), 0);
-    }
-
-    #[test]
-    fn balance_changes_keep_their_order_across_a_sweep() {
-        let cache = BalanceCache::default();
-        let user = Uuid::new_v4();
-        assert!(cache.set(user, 90, 5));
-        assert!(!cache.set(user, 95, 4), "an older change is refused");
-        cache.sweep();
-        assert!(cache.set(user, 80, 6));
-        assert_eq!(cache.get(user), Some((80, 6)));
     }
 }
