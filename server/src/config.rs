@@ -75,6 +75,22 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_MAX_OPEN_EVENTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_open_events: u32,
 
+    /// Open TCP connections per node, HTTP and sockets together; past it a new connection is
+    /// answered 503 with Retry-After (plain) or dropped (TLS) at once.
+    #[arg(long, env = "LIVEVOTE_MAX_OPEN_CONNECTIONS", default_value_t = 210_000)]
+    pub max_open_connections: usize,
+
+    /// Time a client has to send a request's headers, counted from the connection's start or
+    /// the previous answer, so it also ends idle keep-alive connections (and bounds a TLS
+    /// handshake).
+    #[arg(long, env = "LIVEVOTE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection that moves no byte either way for this long is closed (a stalled body, a
+    /// client that stops reading). Must exceed heartbeat interval + pong timeout.
+    #[arg(long, env = "LIVEVOTE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
     /// New sockets per second per node; past it 503 with Retry-After.
     #[arg(long, env = "LIVEVOTE_CONNECT_RATE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub connect_rate: u32,
@@ -166,6 +182,8 @@ pub enum ConfigError {
     DevOnNonLoopback(SocketAddr),
     #[error("--jwt-secret must be at least 32 bytes")]
     WeakJwtSecret,
+    #[error("--idle-timeout ({idle:?}) must exceed --heartbeat-interval + --pong-timeout ({heartbeat:?}), or healthy sockets would be cut")]
+    IdleTimeoutTooShort { idle: Duration, heartbeat: Duration },
     #[error("unsupported --database-url `{0}`: expected sqlite://PATH or postgres://…")]
     UnsupportedDatabase(String),
     #[error("unsupported --broker-url `{0}`: expected memory or redis://…")]
@@ -205,6 +223,13 @@ impl Config {
             && !self.dev
         {
             return Err(ConfigError::WeakJwtSecret);
+        }
+        let heartbeat = self.heartbeat_interval + self.pong_timeout;
+        if self.idle_timeout <= heartbeat {
+            return Err(ConfigError::IdleTimeoutTooShort {
+                idle: self.idle_timeout,
+                heartbeat,
+            });
         }
         let database = self.database_url.as_str();
         if !(database.starts_with("sqlite:")

@@ -12,6 +12,7 @@ pub mod http;
 pub mod limits;
 pub mod node;
 pub mod realtime;
+pub mod serve;
 pub mod state;
 pub mod timers;
 
@@ -156,86 +157,24 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(8192)
 }
 
-/// Serves until `shutdown` resolves, then: stops accepting, tells every socket
+/// Serves plain http/ws until `shutdown` resolves, then: stops accepting, tells every socket
 /// SERVER_RESTARTING and closes it with 1012, finishes in-flight requests and returns.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let router = app(state.clone());
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let graceful_state = state.clone();
-    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
-    let serving = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        graceful_state.shutdown.cancel();
-        graceful_state.realtime.close_all_for_restart().await;
-        let _ = draining.send(());
-    });
-    // axum waits for every open connection to finish; a client that keeps one open (an idle
-    // keep-alive it never closes, say) must not keep the process alive after SIGTERM.
-    tokio::select! {
-        result = serving => result,
-        () = async {
-            match drain_started.await {
-                Ok(()) => tokio::time::sleep(SHUTDOWN_DRAIN_GRACE).await,
-                Err(_) => std::future::pending().await,
-            }
-        } => {
-            tracing::warn!(
-                "connections still open {SHUTDOWN_DRAIN_GRACE:?} after shutdown began; stopping anyway"
-            );
-            Ok(())
-        }
-    }
+    serve(listener, state, None, shutdown).await
 }
 
-/// How long open HTTP connections may take to finish once shutdown has closed the sockets.
-const SHUTDOWN_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// [`run`] over TLS when `--tls-cert` and `--tls-key` are set, plain otherwise.
+/// [`run`], over TLS when `tls` is given (see [`serve::load_tls`]); the same bounds and the
+/// same shutdown sequence either way.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<serve::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    match (state.config.tls_cert.clone(), state.config.tls_key.clone()) {
-        (Some(certificate), Some(key)) => {
-            run_tls(listener, state, &certificate, &key, shutdown).await
-        }
-        _ => run(listener, state, shutdown).await,
-    }
-}
-
-/// Serves https/wss with rustls; same shutdown sequence as [`run`].
-pub async fn run_tls(
-    listener: TcpListener,
-    state: AppState,
-    certificate: &std::path::Path,
-    key: &std::path::Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(certificate, key).await?;
-    let handle = axum_server::Handle::new();
-    let graceful_handle = handle.clone();
-    let graceful_state = state.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        graceful_state.shutdown.cancel();
-        graceful_state.realtime.close_all_for_restart().await;
-        graceful_handle.graceful_shutdown(Some(SHUTDOWN_DRAIN_GRACE));
-    });
-    let router = app(state);
-    axum_server::from_tcp_rustls(listener.into_std()?, tls)
-        .handle(handle)
-        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
-        .await
+    let router = app(state.clone());
+    serve::serve_connections(listener, state, router, tls, shutdown).await
 }

@@ -41,13 +41,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            match error.downcast_ref::<livevote_server::StartError>() {
-                Some(livevote_server::StartError::Unsupported(_)) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+            let unsupported = matches!(
+                error.downcast_ref::<livevote_server::StartError>(),
+                Some(livevote_server::StartError::Unsupported(_))
+            );
+            if unsupported || error.is::<ConfigurationError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }
 }
+
+/// A configuration that could be read only at start-up (files named by options): exit 2, like
+/// every other invalid option.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+struct ConfigurationError(livevote_server::serve::TlsError);
 
 /// File descriptors kept for everything that is not a client socket (database, listener, logs).
 const RESERVED_FILE_DESCRIPTORS: u64 = 256;
@@ -66,6 +77,15 @@ fn fit_connections_to_file_limit(config: &mut Config) {
     };
     let usable =
         usize::try_from(limit.saturating_sub(RESERVED_FILE_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if config.max_open_connections > usable {
+        tracing::warn!(
+            open_file_limit = limit,
+            requested = config.max_open_connections,
+            effective = usable,
+            "--max-open-connections lowered to fit the open-file limit"
+        );
+        config.max_open_connections = usable;
+    }
     if config.max_connections > usable {
         tracing::warn!(
             open_file_limit = limit,
@@ -78,15 +98,21 @@ fn fit_connections_to_file_limit(config: &mut Config) {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Checked before binding, so that a missing or broken file is a configuration error.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(certificate), Some(key)) => {
+            Some(livevote_server::serve::load_tls(certificate, key).map_err(ConfigurationError)?)
+        }
+        _ => None,
+    };
     fit_connections_to_file_limit(&mut config);
     let listener = livevote_server::bind(config.listen)
         .with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;
     // With port 0 the real port is known only now; everything that prints URLs reads it here.
     config.listen = address;
-    let tls = config.tls_cert.is_some();
     let state = livevote_server::start(config).await?;
-    let scheme = if tls { "https" } else { "http" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!("listening on {scheme}://{address}");
     if state.config.dev {
         tracing::warn!("development mode: generated secrets, /api/auth needs no API key");
@@ -94,7 +120,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if state.config.demo {
         livevote_server::demo::start(state.clone(), livevote_server::app(state.clone()));
     }
-    livevote_server::serve(listener, state, shutdown_signal()).await?;
+    livevote_server::serve(listener, state, tls, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -43,6 +43,19 @@ fn invalid_configuration_is_one_line_and_exit_code_2() {
         ],
         &["--dev", "--allowed-origins", "ftp://nope"],
         &["--dev", "--tls-cert", "only-a-cert.pem"],
+        // Files that do not exist are found before binding, not after `listening on`.
+        &[
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        &["--dev", "--idle-timeout", "5s"],
     ];
     for arguments in cases {
         let (code, stderr) = run_to_end(arguments);
