@@ -1,0 +1,3 @@
+//! Unit tests of the ledger rules, without a database.
+
+use super::*;
