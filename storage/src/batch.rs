@@ -212,7 +212,10 @@ impl<B: Backend> Writer<B> {
         let mut changes = Changes::new(Utc::now());
         let mut staged = Vec::with_capacity(queued.len());
         let mut pending = queued.drain(..);
-        match self.try_batch(&mut pending, &mut changes, &mut staged).await {
+        match self
+            .try_batch(&mut pending, &mut changes, &mut staged)
+            .await
+        {
             Ok(()) => {
                 for answer in staged {
                     answer(None);
@@ -506,8 +509,10 @@ impl Queue {
 
     /// Waits until a batch holding the write lock has committed, at most the ready deadline.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
-        self.ask_within(self.options.ready_deadline, |reply| Command::Ready { reply })
-            .await
+        self.ask_within(self.options.ready_deadline, |reply| Command::Ready {
+            reply,
+        })
+        .await
     }
 
     async fn ask_within<T>(

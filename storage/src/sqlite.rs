@@ -225,12 +225,13 @@ impl Store for SqliteStore {
         if let Some(balance) = self.balance(user_id).await? {
             return Ok(balance);
         }
-        self.commands.ask(|reply| Command::EnsureUser {
-            user_id,
-            initial_balance,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::EnsureUser {
+                user_id,
+                initial_balance,
+                reply,
+            })
+            .await
     }
 
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
@@ -250,12 +251,13 @@ impl Store for SqliteStore {
         closes_at: DateTime<Utc>,
     ) -> Result<CreateOutcome, StoreError> {
         let event = Box::new(event.clone());
-        self.commands.ask(|reply| Command::CreateEvent {
-            event,
-            closes_at,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::CreateEvent {
+                event,
+                closes_at,
+                reply,
+            })
+            .await
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError> {
@@ -304,7 +306,9 @@ impl Store for SqliteStore {
         if command.initial_balance < 0 {
             return Err(precondition("the initial balance cannot be negative"));
         }
-        self.commands.ask(|reply| Command::CastVote { command, reply }).await
+        self.commands
+            .ask(|reply| Command::CastVote { command, reply })
+            .await
     }
 
     async fn close_event(
@@ -313,13 +317,14 @@ impl Store for SqliteStore {
         chosen_option: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<CloseOutcome, StoreError> {
-        self.commands.ask(|reply| Command::CloseEvent {
-            event_id,
-            chosen_option,
-            now,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::CloseEvent {
+                event_id,
+                chosen_option,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
@@ -329,7 +334,9 @@ impl Store for SqliteStore {
         if command.initial_balance < 0 {
             return Err(precondition("the initial balance cannot be negative"));
         }
-        self.commands.ask(|reply| Command::Credit { command, reply }).await
+        self.commands
+            .ask(|reply| Command::Credit { command, reply })
+            .await
     }
 
     async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError> {

@@ -169,7 +169,12 @@ impl Ledger {
 
     /// The user's balance, first making the user known to the ledger with an initial credit
     /// entry (recorded even when it is 0, so that "known" is itself durable).
-    pub fn ensure_user(&mut self, user_id: Uuid, initial_balance: i64, changes: &mut Changes) -> i64 {
+    pub fn ensure_user(
+        &mut self,
+        user_id: Uuid,
+        initial_balance: i64,
+        changes: &mut Changes,
+    ) -> i64 {
         if let Some(balance) = self.balances.get(&user_id) {
             return *balance;
         }

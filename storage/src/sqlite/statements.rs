@@ -263,14 +263,17 @@ impl Backend for SqliteBackend {
             query.push(
                 "INSERT INTO idempotency_keys (scope, key, kind, fingerprint, response, created_at) ",
             );
-            query.push_values(chunk, |mut row, (scope, key, kind, fingerprint, response)| {
-                row.push_bind(*scope)
-                    .push_bind(*key)
-                    .push_bind(*kind)
-                    .push_bind(fingerprint.as_bytes())
-                    .push_bind(response.as_str())
-                    .push_bind(now);
-            });
+            query.push_values(
+                chunk,
+                |mut row, (scope, key, kind, fingerprint, response)| {
+                    row.push_bind(*scope)
+                        .push_bind(*key)
+                        .push_bind(*kind)
+                        .push_bind(fingerprint.as_bytes())
+                        .push_bind(response.as_str())
+                        .push_bind(now);
+                },
+            );
             query.push("; ");
         }
         query.push("COMMIT");
