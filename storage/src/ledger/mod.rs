@@ -87,6 +87,8 @@ pub struct VoteTarget {
 }
 
 /// What a command that needs a conditional write (create, close) decided before that write.
+// Made and taken apart at once, never stored: boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Plan<Outcome> {
     /// The answer needs no write.
