@@ -490,13 +490,22 @@ impl Default for WriterOptions {
 pub(crate) struct Queue {
     commands: mpsc::Sender<Queued>,
     options: WriterOptions,
+    /// When a readiness probe last committed. Held while a probe is in flight, so that
+    /// concurrent `ready` calls share one probe instead of each adding one to the queue (the
+    /// endpoint is public: a flood of probes must not crowd out votes).
+    last_ready: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Queue {
     /// A queue and the receiver the writer task serves.
     pub(crate) fn new(options: WriterOptions) -> (Queue, mpsc::Receiver<Queued>) {
         let (commands, receiver) = mpsc::channel(options.queue_capacity.max(1));
-        (Queue { commands, options }, receiver)
+        let queue = Queue {
+            commands,
+            options,
+            last_ready: tokio::sync::Mutex::new(None),
+        };
+        (queue, receiver)
     }
 
     /// Sends a write and waits for its answer, at most the call deadline.
@@ -504,23 +513,36 @@ impl Queue {
         &self,
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, StoreError> {
-        self.ask_within(self.options.call_deadline, command).await
+        self.ask_until(Instant::now() + self.options.call_deadline, command)
+            .await
     }
 
     /// Waits until a batch holding the write lock has committed, at most the ready deadline.
+    /// A probe that committed while this call waited for another's counts for it too.
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
-        self.ask_within(self.options.ready_deadline, |reply| Command::Ready {
-            reply,
-        })
-        .await
+        let asked_at = Instant::now();
+        let deadline = asked_at + self.options.ready_deadline;
+        let Some(mut last_ready) = until(deadline, self.last_ready.lock()).await else {
+            return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
+        };
+        if last_ready.is_some_and(|committed| committed >= asked_at) {
+            return Ok(());
+        }
+        self.ask_until(deadline, |reply| Command::Ready { reply })
+            .await?;
+        *last_ready = Some(Instant::now());
+        Ok(())
     }
 
-    async fn ask_within<T>(
+    async fn ask_until<T>(
         &self,
-        deadline: Duration,
+        deadline: Instant,
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, StoreError> {
-        let deadline = Instant::now() + deadline;
+        if Instant::now() >= deadline {
+            // Sent now, it would only wait in the queue to be refused.
+            return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
+        }
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             command: command(reply),

@@ -199,3 +199,24 @@ fn a_dead_writer_is_not_ready_and_refuses_writes() {
         drop(store);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readiness_probes_share_one_place_in_the_queue() {
+    const CAPACITY: usize = 4;
+    let (store, url, _directory) = store_on_file(CAPACITY).await;
+    let other = hold_write_lock(&url).await;
+    // Five times the queue: probes that each took a place would be refused QueueFull.
+    let probes = join_all((0..CAPACITY * 5).map(|_| store.ready())).await;
+    assert!(
+        probes.iter().all(|probe| matches!(
+            probe,
+            Err(StoreError::Unavailable(Unavailable::DeadlineExceeded))
+        )),
+        "{probes:?}"
+    );
+    release(other).await;
+    until_ready(&store).await;
+    let probes = join_all((0..CAPACITY * 5).map(|_| store.ready())).await;
+    assert!(probes.iter().all(Result::is_ok), "{probes:?}");
+    store.close().await;
+}
