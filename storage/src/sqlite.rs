@@ -1,12 +1,13 @@
 //! The embedded [`Store`]: SQLite through sqlx.
 //!
 //! Every write goes to one writer task that owns the only writing connection and commits in
-//! groups (the batch loop of [`crate::batch`] running the rules of [`crate::ledger`] over the
-//! statements of [`statements`]): one transaction, one fsync and a handful of multi-row
-//! statements per group instead of eight statements and an fsync per vote. Because that task is the only writer
-//! and checks each command in arrival order against state it holds, concurrent votes cannot
-//! overdraw a balance and two identical idempotent requests cannot both apply. Reads go to a
-//! separate pool and see only committed data, because the writer answers after COMMIT.
+//! groups (the batch loop of `batch.rs` running the rules of [`crate::ledger`] over the
+//! statements of `sqlite/statements.rs`): one transaction, one fsync and a handful of
+//! multi-row statements per group instead of eight statements and an fsync per vote. Because
+//! that task is the only writer and checks each command in arrival order against state it
+//! holds, concurrent votes cannot overdraw a balance and two identical idempotent requests
+//! cannot both apply. Reads go to a separate pool and see only committed data, because the
+//! writer answers after COMMIT.
 //!
 //! Writes are bounded in time and number ([`WriterOptions`]): a full queue refuses a write at
 //! once, a write not answered within its deadline is answered "unavailable", and readiness is
