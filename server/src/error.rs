@@ -1,11 +1,11 @@
 //! The one error type at the HTTP edge: every failure becomes a status and the contract's body
 //! `{"error": {"code": "UPPER_SNAKE", "message": "human text"}}`.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use livevote_protocol::{ErrorBody, ErrorDetail};
-use livevote_storage::StoreError;
+use livevote_storage::{StoreError, Unavailable};
 
 use crate::auth::TokenError;
 
@@ -37,6 +37,8 @@ pub enum AppError {
         message: String,
         retry_after_seconds: u64,
     },
+    /// 503 `UNAVAILABLE` with `Retry-After: 1`: this node cannot serve the request now (the
+    /// store's writer is stalled, stopped or its queue full; the broker is down; shutdown).
     #[error("{0}")]
     Unavailable(String),
     /// 500: our fault, never a client's. The detail is logged, not sent.
@@ -92,14 +94,20 @@ impl IntoResponse for AppError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let AppError::RateLimited {
-            retry_after_seconds,
-            ..
-        } = self
-        {
+        let retry_after_seconds = match self {
+            AppError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => Some(retry_after_seconds.max(1)),
+            // Every cause of a 503 is expected to pass within about a second or to take the
+            // node out of rotation (readiness fails with it); a client should come back soon.
+            AppError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after_seconds {
             response
                 .headers_mut()
-                .insert("retry-after", HeaderValue::from(retry_after_seconds.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -129,7 +137,21 @@ impl From<StoreError> for AppError {
                 "this Idempotency-Key was already used for a different request",
             ),
             StoreError::Database(detail) => AppError::Internal(detail),
+            StoreError::Unavailable(reason) => {
+                metrics::counter!("livevote_store_unavailable_total", "reason" => unavailable_label(reason))
+                    .increment(1);
+                AppError::Unavailable(format!("storage: {reason}; retry later"))
+            }
         }
+    }
+}
+
+fn unavailable_label(reason: Unavailable) -> &'static str {
+    match reason {
+        Unavailable::QueueFull => "queue_full",
+        Unavailable::DeadlineExceeded => "deadline",
+        Unavailable::DatabaseBusy => "database_busy",
+        Unavailable::WriterStopped => "writer_stopped",
     }
 }
 

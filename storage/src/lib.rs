@@ -1,12 +1,18 @@
 //! livevote's durable state behind one small trait, [`Store`]: events and their totals, votes,
 //! the append-only ledger with balances, and idempotency keys. [`sqlite::SqliteStore`] is the
 //! embedded implementation; a Postgres one is a second implementation of the same trait.
+//!
+//! What a write may do is decided in one place, [`ledger`], which knows no SQL; the writer
+//! task that runs those rules in group-committed batches is generic over the database
+//! (`batch`); `sqlite` holds only SQLite's statements, connections and codecs.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livevote_protocol::{Event, EventResult, EventStatus, Totals};
 use uuid::Uuid;
 
+mod batch;
+pub mod ledger;
 pub mod sqlite;
 
 /// An event as stored, with everything the API and the snapshots need.
@@ -123,7 +129,8 @@ pub struct EventFilter {
     pub status: Option<EventStatus>,
 }
 
-/// Why a store call failed. Every variant but `Database` is a client's mistake.
+/// Why a store call failed. Every variant but `Database` and `Unavailable` is a client's
+/// mistake.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("event not found")]
@@ -140,10 +147,35 @@ pub enum StoreError {
     IdempotencyKeyReused,
     #[error("database: {0}")]
     Database(String),
+    /// The store cannot take the call now: retry later (HTTP 503 with Retry-After).
+    #[error("storage unavailable: {0}")]
+    Unavailable(Unavailable),
+}
+
+/// Why the store cannot take a call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The writer's queue is full; nothing was written.
+    #[error("too many writes are waiting")]
+    QueueFull,
+    /// No answer within the store's deadline. A command still queued is refused with nothing
+    /// written; one already in a batch that commits late is applied all the same (a retry with
+    /// the same Idempotency-Key is safe either way).
+    #[error("no answer within the deadline")]
+    DeadlineExceeded,
+    /// Another connection holds the database's write lock for longer than the store waits.
+    #[error("the database is locked by another connection")]
+    DatabaseBusy,
+    /// The writer task has stopped; nothing more can be written.
+    #[error("the storage writer has stopped")]
+    WriterStopped,
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        if sqlite::is_busy(&error) {
+            return StoreError::Unavailable(Unavailable::DatabaseBusy);
+        }
         StoreError::Database(error.to_string())
     }
 }
@@ -158,8 +190,10 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// the balance and (for votes) the totals in one transaction or not at all.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Cheap reachability check for `/readyz`.
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Readiness for `/readyz`: the readers answer, and the writer is running and can take
+    /// the write lock within the store's readiness deadline (so a node whose writer died or is
+    /// stalled says so instead of failing every vote).
+    async fn ready(&self) -> Result<(), StoreError>;
 
     /// Makes the user known to the ledger (crediting `initial_balance` once, as an entry)
     /// and returns the balance.

@@ -1,11 +1,17 @@
 //! The embedded [`Store`]: SQLite through sqlx.
 //!
 //! Every write goes to one writer task that owns the only writing connection and commits in
-//! groups (see [`writer`]): one transaction, one fsync and a handful of multi-row statements per
-//! group instead of eight statements and an fsync per vote. Because that task is the only writer
-//! and checks each command in arrival order against state it holds, concurrent votes cannot
-//! overdraw a balance and two identical idempotent requests cannot both apply. Reads go to a
-//! separate pool and see only committed data, because the writer answers after COMMIT.
+//! groups (the batch loop of `batch.rs` running the rules of [`crate::ledger`] over the
+//! statements of `sqlite/statements.rs`): one transaction, one fsync and a handful of
+//! multi-row statements per group instead of eight statements and an fsync per vote. Because
+//! that task is the only writer and checks each command in arrival order against state it
+//! holds, concurrent votes cannot overdraw a balance and two identical idempotent requests
+//! cannot both apply. Reads go to a separate pool and see only committed data, because the
+//! writer answers after COMMIT.
+//!
+//! Writes are bounded in time and number ([`WriterOptions`]): a full queue refuses a write at
+//! once, a write not answered within its deadline is answered "unavailable", and readiness is
+//! a probe through the writer's queue that must commit an (empty) transaction in time.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,29 +25,29 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::batch::{Command, Queue, Writer};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
-    LedgerEntry, Store, StoreError, VoteCommand, VoteReceipt,
+    LedgerEntry, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
 };
+
+pub use crate::batch::WriterOptions;
 
 mod checkpoint;
 mod codec;
-mod writer;
+mod statements;
 
 use codec::{event_from_row, from_nanos, parse_kind, status_name, to_nanos, EVENT_COLUMNS};
-use writer::{Command, Reply, Writer};
+use statements::SqliteBackend;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Commands that may wait for the writer; callers beyond it wait for room, which is the
-/// back-pressure a burst of votes should feel.
-const COMMAND_QUEUE: usize = 8192;
 /// Read connections of a file database. WAL lets them read while the writer writes.
 const FILE_READERS: u32 = 4;
 /// Smaller than SQLite's 4 KiB default because a vote dirties a few leaf pages at random places
@@ -72,7 +78,7 @@ impl QueryCounter {
 
 /// livevote's state in one SQLite database. See the module documentation for its design.
 pub struct SqliteStore {
-    commands: mpsc::Sender<Command>,
+    commands: Queue,
     writer: JoinHandle<()>,
     readers: SqlitePool,
     queries: QueryCounter,
@@ -93,6 +99,14 @@ impl SqliteStore {
     /// Accepts `sqlite://PATH`, `sqlite:PATH` and `sqlite::memory:`. Each `sqlite::memory:`
     /// store is its own database, shared by its writer and its readers.
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::connect_with(url, WriterOptions::default()).await
+    }
+
+    /// [`connect`](SqliteStore::connect) with the writer's deadlines and queue size given.
+    pub async fn connect_with(
+        url: &str,
+        writer_options: WriterOptions,
+    ) -> Result<SqliteStore, StoreError> {
         if !url.starts_with("sqlite:") {
             return Err(StoreError::Database(format!(
                 "`{url}` is not a SQLite URL (expected sqlite://PATH, sqlite:PATH or sqlite::memory:)"
@@ -149,10 +163,10 @@ impl SqliteStore {
             .connect_with(options.pragma("query_only", "ON"))
             .await?;
 
-        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-        let writer_queries = queries.clone();
+        let (commands, receiver) = Queue::new(writer_options);
+        let backend = SqliteBackend::new(connection, queries.clone());
         let writer = tokio::spawn(async move {
-            Writer::new(connection, writer_queries).run(receiver).await;
+            Writer::new(backend).run(receiver).await;
             // Checkpoints stop with the writer: nothing is left to copy once it has closed.
             drop(stop_checkpoints);
             if let Some(checkpoints) = checkpoints {
@@ -178,20 +192,11 @@ impl SqliteStore {
             readers,
             ..
         } = self;
-        drop(commands);
+        commands.close();
         if let Err(error) = writer.await {
             tracing::error!(%error, "the storage writer task failed");
         }
         readers.close().await;
-    }
-
-    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
     }
 
     async fn read_events(
@@ -204,16 +209,15 @@ impl SqliteStore {
     }
 }
 
-fn writer_gone() -> StoreError {
-    StoreError::Database("the storage writer has stopped".to_owned())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.writer.is_finished() {
+            return Err(StoreError::Unavailable(Unavailable::WriterStopped));
+        }
         self.queries.add(1);
         sqlx::query("SELECT 1").execute(&self.readers).await?;
-        Ok(())
+        self.commands.ready().await
     }
 
     async fn ensure_user(&self, user_id: Uuid, initial_balance: i64) -> Result<i64, StoreError> {
@@ -222,12 +226,13 @@ impl Store for SqliteStore {
         if let Some(balance) = self.balance(user_id).await? {
             return Ok(balance);
         }
-        self.ask(|reply| Command::EnsureUser {
-            user_id,
-            initial_balance,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::EnsureUser {
+                user_id,
+                initial_balance,
+                reply,
+            })
+            .await
     }
 
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
@@ -247,12 +252,13 @@ impl Store for SqliteStore {
         closes_at: DateTime<Utc>,
     ) -> Result<CreateOutcome, StoreError> {
         let event = Box::new(event.clone());
-        self.ask(|reply| Command::CreateEvent {
-            event,
-            closes_at,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::CreateEvent {
+                event,
+                closes_at,
+                reply,
+            })
+            .await
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError> {
@@ -301,7 +307,9 @@ impl Store for SqliteStore {
         if command.initial_balance < 0 {
             return Err(precondition("the initial balance cannot be negative"));
         }
-        self.ask(|reply| Command::CastVote { command, reply }).await
+        self.commands
+            .ask(|reply| Command::CastVote { command, reply })
+            .await
     }
 
     async fn close_event(
@@ -310,13 +318,14 @@ impl Store for SqliteStore {
         chosen_option: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<CloseOutcome, StoreError> {
-        self.ask(|reply| Command::CloseEvent {
-            event_id,
-            chosen_option,
-            now,
-            reply,
-        })
-        .await
+        self.commands
+            .ask(|reply| Command::CloseEvent {
+                event_id,
+                chosen_option,
+                now,
+                reply,
+            })
+            .await
     }
 
     async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
@@ -326,7 +335,9 @@ impl Store for SqliteStore {
         if command.initial_balance < 0 {
             return Err(precondition("the initial balance cannot be negative"));
         }
-        self.ask(|reply| Command::Credit { command, reply }).await
+        self.commands
+            .ask(|reply| Command::Credit { command, reply })
+            .await
     }
 
     async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -360,4 +371,18 @@ impl Store for SqliteStore {
 /// mistake, and nothing is written.
 fn precondition(rule: &str) -> StoreError {
     StoreError::Database(format!("invalid store call: {rule}"))
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another connection held a lock for
+/// longer than [`BUSY_TIMEOUT`]. Not a failure of this node: the caller is told to retry.
+pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }

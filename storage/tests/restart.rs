@@ -87,7 +87,7 @@ async fn every_url_form_opens_a_database() {
     let store = SqliteStore::connect(&format!("sqlite:{}", plain.display()))
         .await
         .unwrap();
-    store.ping().await.unwrap();
+    store.ready().await.unwrap();
     store.close().await;
     assert!(plain.exists());
 
@@ -95,7 +95,7 @@ async fn every_url_form_opens_a_database() {
     let store = SqliteStore::connect(&format!("sqlite://{}", nested.display()))
         .await
         .unwrap();
-    store.ping().await.unwrap();
+    store.ready().await.unwrap();
     store.close().await;
     assert!(nested.exists());
 

@@ -15,11 +15,13 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the database and the broker answer.
+/// Ready when the store can write now (its writer runs and commits a probe within the
+/// store's readiness deadline, so a stalled or dead writer takes the node out of rotation)
+/// and the broker answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, AppError> {
     state
         .store
-        .ping()
+        .ready()
         .await
         .map_err(|error| AppError::Unavailable(format!("database: {error}")))?;
     state

@@ -1,13 +1,13 @@
 //! How livevote's values are written to and read back from SQLite columns: instants, statuses,
-//! ledger kinds, JSON columns and whole event rows.
+//! ledger kinds, JSON columns, whole event rows and idempotency answers.
 
 use chrono::{DateTime, Utc};
 use livevote_protocol::{Event, EventResult, EventStatus, Totals};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+use crate::ledger::{Answer, Fingerprint, StoredResponse};
 use crate::{EventRecord, LedgerEntryKind, StoreError};
 
 /// The columns [`event_from_row`] reads, in a form every event query can splice in.
@@ -93,61 +93,80 @@ pub(crate) fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError>
     })
 }
 
-/// Which request an idempotency key answered; a key reused across kinds is a reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AnswerKind {
-    Vote,
-    Credit,
+/// The columns `kind`, `fingerprint` and `response` of an idempotency key's row.
+pub(crate) fn answer_from_columns(
+    kind: &str,
+    fingerprint: &[u8],
+    response: &str,
+) -> Result<Answer, StoreError> {
+    let fingerprint = Fingerprint::from_bytes(fingerprint)
+        .ok_or_else(|| corrupt(format!("a fingerprint of {} bytes", fingerprint.len())))?;
+    let response = match kind {
+        "vote" => {
+            let stored: StoredVoteAnswer = from_json(response)?;
+            StoredResponse::Vote {
+                balance: stored.balance,
+                totals: stored.totals,
+                seq: stored.seq,
+            }
+        }
+        "credit" => {
+            let stored: StoredCreditAnswer = from_json(response)?;
+            StoredResponse::Credit {
+                balance: stored.balance,
+            }
+        }
+        other => return Err(corrupt(format!("unknown idempotency kind `{other}`"))),
+    };
+    Ok(Answer {
+        fingerprint,
+        response,
+        fresh: false,
+    })
 }
 
-impl AnswerKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            AnswerKind::Vote => "vote",
-            AnswerKind::Credit => "credit",
-        }
-    }
-
-    pub(crate) fn parse(name: &str) -> Result<Self, StoreError> {
-        match name {
-            "vote" => Ok(AnswerKind::Vote),
-            "credit" => Ok(AnswerKind::Credit),
-            other => Err(corrupt(format!("unknown idempotency kind `{other}`"))),
-        }
-    }
-}
-
-/// SHA-256 of a request's fingerprint, as kept with its idempotency key: whatever the caller
-/// puts in a fingerprint, a stored key costs the same few bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    pub(crate) fn of(fingerprint: &str) -> Self {
-        Fingerprint(Sha256::digest(fingerprint.as_bytes()).into())
-    }
-
-    pub(crate) fn from_column(bytes: &[u8]) -> Result<Self, StoreError> {
-        <[u8; 32]>::try_from(bytes)
-            .map(Fingerprint)
-            .map_err(|_| corrupt(format!("a fingerprint of {} bytes", bytes.len())))
-    }
-
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.0
+/// The `kind` and `response` columns of a first answer.
+pub(crate) fn answer_to_columns(
+    response: &StoredResponse,
+) -> Result<(&'static str, String), StoreError> {
+    match response {
+        StoredResponse::Vote {
+            balance,
+            totals,
+            seq,
+        } => Ok((
+            "vote",
+            to_json(&StoredVoteView {
+                balance: *balance,
+                totals,
+                seq: *seq,
+            })?,
+        )),
+        StoredResponse::Credit { balance } => Ok((
+            "credit",
+            to_json(&StoredCreditAnswer { balance: *balance })?,
+        )),
     }
 }
 
 /// The first answer to a vote, as kept with its idempotency key.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredVoteAnswer {
-    pub(crate) balance: i64,
-    pub(crate) totals: Totals,
-    pub(crate) seq: u64,
+#[derive(Debug, Deserialize)]
+struct StoredVoteAnswer {
+    balance: i64,
+    totals: Totals,
+    seq: u64,
+}
+
+/// Serializes like [`StoredVoteAnswer`] without cloning the totals.
+#[derive(Serialize)]
+struct StoredVoteView<'a> {
+    balance: i64,
+    totals: &'a Totals,
+    seq: u64,
 }
 
 /// The first answer to a credit, as kept with its idempotency key.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredCreditAnswer {
-    pub(crate) balance: i64,
+struct StoredCreditAnswer {
+    balance: i64,
 }

@@ -1,0 +1,222 @@
+//! A stalled, full or dead writer is seen and answered at once: readiness fails within its
+//! deadline, writes get `Unavailable` instead of hanging, a full queue sheds, and what timed
+//! out while queued is never written later.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use livevote_storage::sqlite::{SqliteStore, WriterOptions};
+use livevote_storage::{Store, StoreError, Unavailable};
+use sqlx::{Connection, SqliteConnection};
+use support::{open_event, vote};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const CALL_DEADLINE: Duration = Duration::from_millis(600);
+const READY_DEADLINE: Duration = Duration::from_millis(300);
+
+async fn store_on_file(queue_capacity: usize) -> (SqliteStore, String, TempDir) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", directory.path().join("stall.db").display());
+    let options = WriterOptions {
+        call_deadline: CALL_DEADLINE,
+        ready_deadline: READY_DEADLINE,
+        queue_capacity,
+    };
+    let store = SqliteStore::connect_with(&url, options)
+        .await
+        .expect("open the database");
+    (store, url, directory)
+}
+
+/// Another process's transaction holding the database's write lock until rolled back.
+async fn hold_write_lock(url: &str) -> SqliteConnection {
+    let mut other = SqliteConnection::connect(url)
+        .await
+        .expect("a second connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("take the write lock");
+    other
+}
+
+async fn release(mut other: SqliteConnection) {
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+}
+
+/// Waits (bounded) until the store is ready again.
+async fn until_ready(store: &SqliteStore) {
+    let started = Instant::now();
+    while let Err(error) = store.ready().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never ready again: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out() {
+    let (store, url, _directory) = store_on_file(64).await;
+    let user_id = Uuid::new_v4();
+    store.ensure_user(user_id, 10).await.unwrap();
+    let event = open_event(&store, 1).await;
+    store
+        .ready()
+        .await
+        .expect("ready while nobody holds the lock");
+
+    let other = hold_write_lock(&url).await;
+    let started = Instant::now();
+    let ready = store.ready().await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            ready,
+            Err(StoreError::Unavailable(Unavailable::DeadlineExceeded))
+        ),
+        "{ready:?}"
+    );
+    assert!(
+        waited >= READY_DEADLINE && waited < READY_DEADLINE + Duration::from_millis(500),
+        "readiness answered after {waited:?}"
+    );
+
+    let started = Instant::now();
+    let voted = store.cast_vote(vote(user_id, &event, "a", 1)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(voted, Err(StoreError::Unavailable(_))),
+        "{voted:?}"
+    );
+    assert!(
+        waited < CALL_DEADLINE + Duration::from_millis(500),
+        "the vote answered after {waited:?}"
+    );
+
+    release(other).await;
+    until_ready(&store).await;
+    // The vote timed out while queued: once the writer got the lock it refused it unwritten.
+    assert_eq!(store.balance(user_id).await.unwrap(), Some(10));
+    let record = store.get_event(event.id).await.unwrap().unwrap();
+    assert_eq!((record.totals["a"], record.seq), (0, 0));
+    store
+        .cast_vote(vote(user_id, &event, "a", 1))
+        .await
+        .unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_writes_at_once() {
+    const CAPACITY: usize = 4;
+    let (store, url, _directory) = store_on_file(CAPACITY).await;
+    let user_id = Uuid::new_v4();
+    store.ensure_user(user_id, 100).await.unwrap();
+    let event = open_event(&store, 1).await;
+
+    let other = hold_write_lock(&url).await;
+    let stuck = {
+        let command = vote(user_id, &event, "a", 1);
+        let store = &store;
+        async move { store.cast_vote(command).await }
+    };
+    let flood = async {
+        // Let the writer take the first vote into a batch and block on the lock.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = Instant::now();
+        let answers = join_all((0..CAPACITY + 6).map(|_| {
+            let command = vote(user_id, &event, "b", 1);
+            let store = &store;
+            async move {
+                let answer = store.cast_vote(command).await;
+                (answer, started.elapsed())
+            }
+        }))
+        .await;
+        answers
+    };
+    let (stuck, flood) = tokio::join!(stuck, flood);
+    assert!(
+        matches!(stuck, Err(StoreError::Unavailable(_))),
+        "{stuck:?}"
+    );
+    let shed: Vec<_> = flood
+        .iter()
+        .filter(|(answer, _)| {
+            matches!(answer, Err(StoreError::Unavailable(Unavailable::QueueFull)))
+        })
+        .collect();
+    assert_eq!(shed.len(), 6, "{flood:?}");
+    assert!(
+        shed.iter()
+            .all(|(_, waited)| *waited < Duration::from_millis(100)),
+        "shedding waited: {shed:?}"
+    );
+    assert!(flood.iter().all(|(answer, _)| answer.is_err()));
+
+    release(other).await;
+    until_ready(&store).await;
+    assert_eq!(store.balance(user_id).await.unwrap(), Some(100));
+    store.close().await;
+}
+
+#[test]
+fn a_dead_writer_is_not_ready_and_refuses_writes() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, event, _directory) = first.block_on(async {
+        let (store, _url, directory) = store_on_file(64).await;
+        let event = open_event(&store, 1).await;
+        store.ready().await.unwrap();
+        (store, event, directory)
+    });
+    // Shutting the runtime down ends the writer task, as a panic in it would.
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        assert!(matches!(
+            store.ready().await,
+            Err(StoreError::Unavailable(Unavailable::WriterStopped))
+        ));
+        let started = Instant::now();
+        assert!(matches!(
+            store.cast_vote(vote(Uuid::new_v4(), &event, "a", 1)).await,
+            Err(StoreError::Unavailable(Unavailable::WriterStopped))
+        ));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        drop(store);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readiness_probes_share_one_place_in_the_queue() {
+    const CAPACITY: usize = 4;
+    let (store, url, _directory) = store_on_file(CAPACITY).await;
+    let other = hold_write_lock(&url).await;
+    // Five times the queue: probes that each took a place would be refused QueueFull.
+    let probes = join_all((0..CAPACITY * 5).map(|_| store.ready())).await;
+    assert!(
+        probes.iter().all(|probe| matches!(
+            probe,
+            Err(StoreError::Unavailable(Unavailable::DeadlineExceeded))
+        )),
+        "{probes:?}"
+    );
+    release(other).await;
+    until_ready(&store).await;
+    let probes = join_all((0..CAPACITY * 5).map(|_| store.ready())).await;
+    assert!(probes.iter().all(Result::is_ok), "{probes:?}");
+    store.close().await;
+}
