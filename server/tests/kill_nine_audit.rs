@@ -266,6 +266,9 @@ struct VoteRecord {
     votes: i64,
     attempts: u32,
     answer: Answer,
+    /// When the final answer arrived (to tell which accepted votes were committed by a process
+    /// that was then killed and answered by its successor from the idempotency record).
+    answered_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -432,6 +435,7 @@ async fn run_voter(
             votes,
             attempts,
             answer,
+            answered_at: Utc::now(),
         });
     }
     records
@@ -911,7 +915,7 @@ async fn run_audit(seed: u64) -> AuditReport {
     // One last SIGKILL: the database is audited as a crash leaves it.
     server.kill_nine();
 
-    let ledger = audit_database(
+    let counts = audit_database(
         &database_url,
         &participants,
         &votes,
@@ -940,14 +944,16 @@ async fn run_audit(seed: u64) -> AuditReport {
     let retried_credits = credits.iter().filter(|record| record.attempts > 1).count();
     let summary = format!(
         "kill -9 audit, seed {seed}: {KILLS} kills in {:.1} s; {} vote requests ({accepted_votes} \
-         accepted, {} refused 402, {} refused 409, {retried_votes} retried after a kill), {} \
+         accepted, {} refused 402, {} refused 409, {retried_votes} retried after a kill, {} of them committed before \
+         the kill and answered from the idempotency record after it), {} \
          credits ({retried_credits} retried), {} ledger entries; start-up closes {:?} after spawn",
         began.elapsed().as_secs_f64(),
         votes.len(),
         refused(402),
         refused(409),
+        counts.replayed_across_a_kill,
         credits.len(),
-        ledger,
+        counts.ledger_entries,
         start_up_close_latency,
     );
     drop(directory);
@@ -970,6 +976,15 @@ struct LedgerRow {
     option_id: Option<String>,
     votes: Option<i64>,
     reason: Option<String>,
+    created_at: i64,
+}
+
+/// What the audit counted, for the summary.
+struct AuditCounts {
+    ledger_entries: usize,
+    /// Accepted votes committed before a kill whose answer came only after it: the case the
+    /// idempotency keys exist for.
+    replayed_across_a_kill: usize,
 }
 
 struct EventRow {
@@ -1014,11 +1029,11 @@ async fn audit_database(
     api_balances: &HashMap<Uuid, i64>,
     api_events: &HashMap<Uuid, Value>,
     violations: &mut Vec<String>,
-) -> usize {
+) -> AuditCounts {
     let mut connection = open_database(database_url).await;
     let ledger: Vec<LedgerRow> = sqlx::query(
-        "SELECT id, user_id, amount, balance, kind, event_id, option_id, votes, reason \
-         FROM ledger ORDER BY id",
+        "SELECT id, user_id, amount, balance, kind, event_id, option_id, votes, reason, \
+         created_at FROM ledger ORDER BY id",
     )
     .fetch_all(&mut connection)
     .await
@@ -1034,6 +1049,7 @@ async fn audit_database(
         option_id: row.get("option_id"),
         votes: row.get("votes"),
         reason: row.get("reason"),
+        created_at: row.get("created_at"),
     })
     .collect();
     let events: Vec<EventRow> =
@@ -1148,7 +1164,7 @@ async fn audit_database(
     // Every answered vote is in the ledger exactly once: its debit, for its event, option and
     // votes, leaving the balance the answer gave. Nothing else is.
     type VoteEntry = (Uuid, Uuid, String, i64, i64);
-    let mut unmatched_debits: HashMap<VoteEntry, Vec<i64>> = HashMap::new();
+    let mut unmatched_debits: HashMap<VoteEntry, Vec<(i64, i64)>> = HashMap::new();
     for row in ledger.iter().filter(|row| row.kind == "vote_debit") {
         let (Some(event_id), Some(option_id), Some(count)) =
             (row.event_id, row.option_id.clone(), row.votes)
@@ -1169,13 +1185,14 @@ async fn audit_database(
         unmatched_debits
             .entry((row.user_id, event_id, option_id, count, row.balance))
             .or_default()
-            .push(row.id);
+            .push((row.id, row.created_at));
     }
     let mut expected_totals: HashMap<Uuid, Totals> = costs
         .keys()
         .map(|event_id| (*event_id, zero_totals()))
         .collect();
     let mut accepted_per_event: HashMap<Uuid, i64> = HashMap::new();
+    let mut replayed_across_a_kill = 0;
     for record in votes {
         let Answer::Accepted { balance } = record.answer else {
             continue;
@@ -1194,7 +1211,15 @@ async fn audit_database(
             balance,
         );
         let found = unmatched_debits.get_mut(&entry).and_then(Vec::pop);
-        if found.is_none() {
+        if let Some((_, committed_at)) = found {
+            let answered_at = nanos(record.answered_at);
+            if cycles.iter().any(|cycle| {
+                committed_at < nanos(cycle.killed_at) && nanos(cycle.killed_at) < answered_at
+            }) && record.attempts > 1
+            {
+                replayed_across_a_kill += 1;
+            }
+        } else {
             violations.push(format!(
                 "answered vote {} ({} × {} on {}, balance {balance}, {} attempt(s)) has no ledger entry",
                 record.key, record.votes, record.option_id, record.event_id, record.attempts
@@ -1202,7 +1227,7 @@ async fn audit_database(
         }
     }
     for (entry, ids) in &unmatched_debits {
-        for id in ids {
+        for (id, _) in ids {
             violations.push(format!(
                 "ledger vote entry {id} {entry:?} belongs to no answered vote (counted twice, or a refused request committed)"
             ));
@@ -1398,5 +1423,8 @@ async fn audit_database(
             ));
         }
     }
-    ledger.len()
+    AuditCounts {
+        ledger_entries: ledger.len(),
+        replayed_across_a_kill,
+    }
 }
