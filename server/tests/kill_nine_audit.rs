@@ -38,7 +38,12 @@ const JWT_SECRET: &str = "kill-nine-audit-jwt-secret-0123456789abcdef";
 const API_KEY: &str = "kill-nine-audit-api-key-0123456789";
 const SEED_VARIABLE: &str = "LIVEVOTE_KILL_AUDIT_SEED";
 
+/// Kill cycles, each with an event due while the server is down. The last cycle kills the
+/// restarted server once more right after it announces itself, most likely while it is closing
+/// that event at start-up, so a close interrupted by a crash is audited too.
 const KILLS: usize = 5;
+/// The extra kill of the last cycle lands this long after the `listening on` line.
+const START_UP_KILL_MS: std::ops::RangeInclusive<u64> = 0..=40;
 const VOTERS: usize = 6;
 const INITIAL_BALANCE: i64 = 300;
 /// The options of every event; the first wins ties.
@@ -815,6 +820,7 @@ async fn run_audit(seed: u64) -> AuditReport {
 
     let mut cycles: Vec<Cycle> = Vec::new();
     let mut start_up_close_latency = Vec::new();
+    let mut start_up_killed_at = None;
     for kill in 0..KILLS {
         let delay = Duration::from_millis(rng.gen_range(KILL_DELAY_MS));
         let planned_kill = Utc::now() + chrono::Duration::from_std(delay).unwrap();
@@ -856,6 +862,13 @@ async fn run_audit(seed: u64) -> AuditReport {
         let restarted_at = Utc::now();
         server = start_server(&database_url, &log).await;
         let _ = publish_address.send(Some(server.address.clone()));
+        if kill == KILLS - 1 {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(START_UP_KILL_MS))).await;
+            start_up_killed_at = Some(server.kill_nine());
+            let _ = publish_address.send(None);
+            server = start_server(&database_url, &log).await;
+            let _ = publish_address.send(Some(server.address.clone()));
+        }
         cycles.push(Cycle {
             due_event,
             closes_at,
@@ -942,11 +955,25 @@ async fn run_audit(seed: u64) -> AuditReport {
     };
     let retried_votes = votes.iter().filter(|record| record.attempts > 1).count();
     let retried_credits = credits.iter().filter(|record| record.attempts > 1).count();
+    // Whether the extra kill interrupted the start-up close or came after it committed.
+    let start_up_kill = match (
+        start_up_killed_at,
+        cycles.last().and_then(|cycle| cycle.closed_at_nanos),
+    ) {
+        (Some(killed_at), Some(closed_at)) if closed_at < nanos(killed_at) => {
+            "the start-up kill came after that process had closed its due event"
+        }
+        (Some(_), Some(_)) => {
+            "the start-up kill came before the close; the next start-up closed it"
+        }
+        _ => "the start-up kill left no close to compare",
+    };
     let summary = format!(
-        "kill -9 audit, seed {seed}: {KILLS} kills in {:.1} s; {} vote requests ({accepted_votes} \
+        "kill -9 audit, seed {seed}: {} kills in {:.1} s; {} vote requests ({accepted_votes} \
          accepted, {} refused 402, {} refused 409, {retried_votes} retried after a kill, {} of them committed before \
          the kill and answered from the idempotency record after it), {} \
-         credits ({retried_credits} retried), {} ledger entries; start-up closes {:?} after spawn",
+         credits ({retried_credits} retried), {} ledger entries; start-up closes {:?} after spawn; {start_up_kill}",
+        KILLS + 1,
         began.elapsed().as_secs_f64(),
         votes.len(),
         refused(402),
