@@ -113,15 +113,18 @@ for (const file of ["index.js", "node.js", "index.cjs", "node.cjs"]) {
 
 // `ws` is optional: a bundler must leave the node entry's import of it to Node at run time,
 // not resolve it while bundling (webpack warns "Can't resolve 'ws'" where it is not installed,
-// as in every Next.js app). The minifier drops comments, so the hint is put back here.
-for (const [file, call] of [
-  ["node.js", /import\(([`"'])ws\1\)/g],
-  ["node.cjs", /require\(([`"'])ws\1\)/g],
+// as in most Next.js apps). The minifier drops comments, so the hint is put back here. webpack
+// ignores that hint on require(): inside a webpack bundle (where `__webpack_require__` exists,
+// which webpack knows at build time and so drops the other branch unread) the code takes
+// `__non_webpack_require__`, Node's own require.
+for (const [file, call, replacement] of [
+  ["node.js", /import\(([`"'])ws\1\)/g, 'import(/* webpackIgnore: true */ "ws")'],
+  ["node.cjs", /require\(([`"'])ws\1\)/g, '(typeof __webpack_require__=="function"?__non_webpack_require__("ws"):require("ws"))'],
 ]) {
   const path = join(dist, file);
   const code = await readFile(path, "utf8");
   if ((code.match(call) || []).length !== 1) throw new Error(`${file}: expected one ${call} of ws`);
-  await writeFile(path, code.replace(call, (text) => text.replace("(", "(/* webpackIgnore: true */ ")));
+  await writeFile(path, code.replace(call, () => replacement));
 }
 
 // The budgets a page pays (gzip -9, as `cargo xtask npm` reports): a build over them fails.
