@@ -93,13 +93,19 @@ test("Vue's server renderer shows connecting and opens no socket", async () => {
   assert.deepEqual(JSON.parse(stdout), { html: "<p>connecting</p>", sockets: 0 });
 });
 
-test("a Svelte 5 component reads $store from client.store, and svelte/store's get() sees a value", async () => {
+test("the README's Svelte 5 component reads $store from client.store, and svelte/store's get() sees a value", async () => {
   const app = await project("svelte");
   const require = createRequire(join(consumers, "package.json"));
   const compiler = await import(require.resolve("svelte/compiler"));
   const compile = compiler.compile || compiler.default.compile;
   const component = compile(
-    `<script>let { store } = $props();</script><p id="state">{$store.status.state}</p><p id="events">{$store.events.length}</p>`,
+    // The README's Svelte quick start, with ids to read and the store kept for get().
+    `<script>
+       import { connect } from "livevote";
+       let store = $state();
+       connect({ url: "http://127.0.0.1:9", token: "t", streamerId: "${STREAMER}" }).then((client) => (store = window.livevoteStore = client.store));
+     </script>
+     {#if store}<p id="state">{$store.status.state}</p><p id="events">{$store.events.length}</p>{/if}`,
     { generate: "client", filename: "Votes.svelte" },
   );
   await writeFile(join(app, "Votes.js"), component.js.code);
@@ -107,11 +113,9 @@ test("a Svelte 5 component reads $store from client.store, and svelte/store's ge
     join(app, "main.js"),
     `import { mount } from "svelte";
      import { get } from "svelte/store";
-     import { connect } from "livevote";
      import Votes from "./Votes.js";
-     const client = await connect({ url: "http://127.0.0.1:9", token: "t", streamerId: "${STREAMER}" });
-     window.getState = () => get(client.store).status.state;
-     mount(Votes, { target: document.getElementById("root"), props: { store: client.store } });`,
+     window.getState = () => get(window.livevoteStore).status.state;
+     mount(Votes, { target: document.getElementById("root") });`,
   );
   const { page, errors, close } = await bundleAndOpen(app);
   try {
