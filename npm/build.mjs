@@ -8,6 +8,7 @@ import { readFile, writeFile, mkdir, rm, copyFile } from "node:fs/promises";
 import { resolve, join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execFileSync } from "node:child_process";
+import { gzipSync } from "node:zlib";
 import { build } from "vite";
 import { unlzma } from "./src/unlzma.js";
 
@@ -40,12 +41,21 @@ await writeFile(inline, `export const size = ${wasm.length};\nexport default ${J
 await rm(dist, { recursive: true, force: true });
 await mkdir(dist, { recursive: true });
 
-// One build per entry: `format` "es" for modules, "iife" for the classic script.
+// One build per entry: `format` "es" for modules, "cjs" for `require()` (Node before 20.19 and
+// Jest cannot require an ES module), "iife" for the classic script. The framework entries leave
+// `livevote` itself outside, so that the app's bundler picks the right build of it and a page
+// has one client class, one LivevoteError.
 const entries = [
   { source: "index.js", file: "index.js", format: "es" },
+  { source: "index.js", file: "index.cjs", format: "cjs" },
   { source: "node.js", file: "node.js", format: "es" },
+  { source: "node.js", file: "node.cjs", format: "cjs" },
   { source: "url.js", file: "url.js", format: "es" },
   { source: "global.js", file: "livevote.global.js", format: "iife" },
+  { source: "react.js", file: "react.js", format: "es" },
+  { source: "react.js", file: "react.cjs", format: "cjs" },
+  { source: "vue.js", file: "vue.js", format: "es" },
+  { source: "vue.js", file: "vue.cjs", format: "cjs" },
 ];
 for (const entry of entries) {
   await build({
@@ -71,7 +81,9 @@ for (const entry of entries) {
         fileName: () => entry.file,
       },
       // Whitespace too: Vite leaves it in ES-format libraries unless told.
-      rollupOptions: { external: ["ws"], output: { minify: true } },
+      // `dynamicImportInCjs: false`: the CommonJS builds require("ws"), which Jest can run
+      // (it cannot run import() without --experimental-vm-modules).
+      rollupOptions: { external: ["ws", "livevote", "react", "vue"], output: { minify: true, dynamicImportInCjs: false } },
     },
   });
 }
@@ -87,14 +99,43 @@ await copyFile(join(bindgen, "livevote_sdk_bg.wasm"), join(dist, "livevote_sdk_b
 // to the start (as the classic script already has it), gzip codes most of the JavaScript in
 // blocks of its own instead of sharing one table with the base64 text (about 0.5 KB smaller).
 const base64 = packed.toString("base64");
-for (const file of ["index.js", "node.js"]) {
+for (const file of ["index.js", "node.js", "index.cjs", "node.cjs"]) {
   const path = join(dist, file);
   const code = await readFile(path, "utf8");
-  const literal = "`" + base64 + "`";
-  if (code.split(literal).length !== 2 || code.includes("__livevoteWasm")) {
+  const literal = [`"${base64}"`, "`" + base64 + "`"].find((quoted) => code.includes(quoted));
+  if (!literal || code.split(literal).length !== 2 || code.includes("__livevoteWasm")) {
     throw new Error(`${file}: expected the inlined wasm exactly once`);
   }
-  await writeFile(path, `var __livevoteWasm=${literal};` + code.replace(literal, "__livevoteWasm"));
+  // After a "use strict" directive, which must stay the first statement to count.
+  const [, directive = "", rest] = /^((?:"use strict";)?)([\s\S]*)$/.exec(code);
+  await writeFile(path, `${directive}var __livevoteWasm=${literal};` + rest.replace(literal, "__livevoteWasm"));
+}
+
+// `ws` is optional: a bundler must leave the node entry's import of it to Node at run time,
+// not resolve it while bundling (webpack warns "Can't resolve 'ws'" where it is not installed,
+// as in most Next.js apps). The minifier drops comments, so the hint is put back here. webpack
+// ignores that hint on require(): inside a webpack bundle (where `__webpack_require__` exists,
+// which webpack knows at build time and so drops the other branch unread) the code takes
+// `__non_webpack_require__`, Node's own require.
+for (const [file, call, replacement] of [
+  ["node.js", /import\(([`"'])ws\1\)/g, 'import(/* webpackIgnore: true */ "ws")'],
+  ["node.cjs", /require\(([`"'])ws\1\)/g, '(typeof __webpack_require__=="function"?__non_webpack_require__("ws"):require("ws"))'],
+]) {
+  const path = join(dist, file);
+  const code = await readFile(path, "utf8");
+  if ((code.match(call) || []).length !== 1) throw new Error(`${file}: expected one ${call} of ws`);
+  await writeFile(path, code.replace(call, () => replacement));
+}
+
+// The budgets a page pays (gzip -9, as `cargo xtask npm` reports): a build over them fails.
+const budgets = [
+  ["index.js", 30 * 1024],
+  ["react.js", 2 * 1024],
+  ["vue.js", 2 * 1024],
+];
+for (const [file, limit] of budgets) {
+  const bytes = gzipSync(await readFile(join(dist, file)), { level: 9 }).length;
+  if (bytes > limit) throw new Error(`${file} is ${bytes} bytes gzipped, over its budget of ${limit}`);
 }
 
 /** The wasm-bindgen glue with wasm-opt's short import, export and module names. */

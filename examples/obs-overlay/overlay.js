@@ -36,7 +36,39 @@ function readSettings(query) {
     holdMs: number("hold", 8, 1, 600) * 1000,
     maxCards: number("max", 2, 1, 6),
     position: query.get("position") || "top-right",
+    ...lookSettings(query),
   };
+}
+
+/** The look: theme, scale, colours, font and which events to show; anything malformed is ignored. */
+function lookSettings(query) {
+  const pick = (name, allowed, fallback) => (allowed.includes(query.get(name)) ? query.get(name) : fallback);
+  // Colours as OBS widget URLs carry them: hex digits, with or without the "#" (%23).
+  const colour = (name) => {
+    const value = (query.get(name) || "").replace(/^#/, "");
+    return /^([0-9a-f]{3}|[0-9a-f]{4}|[0-9a-f]{6}|[0-9a-f]{8})$/i.test(value) ? `#${value}` : null;
+  };
+  const scale = Number(query.get("scale"));
+  const font = query.get("font") || "";
+  return {
+    theme: pick("theme", ["dark", "light"], "dark"),
+    show: pick("show", ["all", "open", "results"], "all"),
+    scale: query.get("scale") !== null && Number.isFinite(scale) && scale >= 0.25 && scale <= 4 ? scale : 1,
+    accent: colour("accent"),
+    accent2: colour("accent2"),
+    // A family name only (letters, digits, spaces, dashes): it goes into CSS.
+    font: /^[\w \-]{1,64}$/.test(font) ? font : null,
+  };
+}
+
+/** Applies the look settings to the page: classes for the theme, CSS variables for the rest. */
+function applyLook() {
+  document.body.classList.add(`theme-${settings.theme}`);
+  const style = document.documentElement.style;
+  style.setProperty("--scale", String(settings.scale));
+  if (settings.accent) style.setProperty("--accent", settings.accent);
+  if (settings.accent2) style.setProperty("--accent-2", settings.accent2);
+  if (settings.font) style.setProperty("--font", `"${settings.font}"`);
 }
 
 function showSetupHelp(problem) {
@@ -63,6 +95,7 @@ async function fetchToken() {
 
 async function start() {
   document.body.classList.add(`position-${settings.position}`);
+  applyLook();
   if (!sdk) return showSetupHelp("the livevote package did not load (build it with `cargo xtask npm`)");
   if (!settings.streamerId) return showSetupHelp("streamerId is missing");
   if (!settings.token && !settings.tokenUrl) return showSetupHelp("token (or tokenUrl) is missing");
@@ -143,8 +176,9 @@ function render() {
   }
 
   const holding = (card) => card.closedSeen !== null && card.closedSeen !== -Infinity && now - card.closedSeen < settings.holdMs;
-  const results = [...cards.values()].filter(holding).sort((a, b) => b.closedSeen - a.closedSeen);
-  const open = [...cards.values()].filter((card) => card.event.status === "open" && current.has(card.event.id)).sort((a, b) => b.firstSeen - a.firstSeen);
+  // `show=open` hides results, `show=results` shows nothing until a vote closes.
+  const results = settings.show === "open" ? [] : [...cards.values()].filter(holding).sort((a, b) => b.closedSeen - a.closedSeen);
+  const open = settings.show === "results" ? [] : [...cards.values()].filter((card) => card.event.status === "open" && current.has(card.event.id)).sort((a, b) => b.firstSeen - a.firstSeen);
   const visible = new Set([...results, ...open].slice(0, settings.maxCards));
 
   for (const [id, card] of cards) {

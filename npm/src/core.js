@@ -280,7 +280,12 @@ export function makeConnect(loadWasm, defaultWebSocket) {
     const client = Object.freeze({
       on,
       store: Object.freeze({
-        subscribe: (listener) => on("store", listener),
+        // Svelte's store contract too: the listener gets the snapshot, at once and after each change.
+        subscribe: (listener) => {
+          const off = on("store", typeof listener === "function" ? () => listener(snapshot()) : listener);
+          listener(snapshot());
+          return off;
+        },
         getSnapshot: snapshot,
       }),
       events: () => snapshot().events,

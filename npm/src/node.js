@@ -6,14 +6,15 @@
 import wasmBase64, { size as wasmSize } from "livevote:inline";
 import initWasm, { Client } from "livevote:glue";
 import { makeConnect, once } from "./core.js";
+import { guardConnect, guardWasm } from "./failures.js";
 import { unlzma } from "./unlzma.js";
 
 export { LivevoteError } from "./core.js";
 
-const loadWasm = once(async () => {
+const loadWasm = once(guardWasm(async () => {
   await initWasm({ module_or_path: unlzma(Uint8Array.from(atob(wasmBase64), (char) => char.charCodeAt(0)), wasmSize) });
   return Client;
-});
+}));
 
 async function loadWs() {
   try {
@@ -25,4 +26,4 @@ async function loadWs() {
 }
 
 /** Connects to a livevote server; see the package README and `types/index.d.ts`. */
-export const connect = makeConnect(loadWasm, loadWs);
+export const connect = guardConnect(makeConnect(loadWasm, loadWs));

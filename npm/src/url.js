@@ -3,6 +3,7 @@
 // import.meta.url)` below and ship the .wasm as an asset.
 import initWasm, { Client } from "livevote:glue";
 import { makeConnect, once } from "./core.js";
+import { guardConnect, guardWasm } from "./failures.js";
 
 export { LivevoteError } from "./core.js";
 
@@ -10,7 +11,7 @@ export { LivevoteError } from "./core.js";
 // package's own build does not inline the file and the app's bundler does find it.
 const wasmUrl = () => __LIVEVOTE_WASM_URL__;
 
-const loadWasm = once(() => initWasm({ module_or_path: wasmUrl() }).then(() => Client));
+const loadWasm = once(guardWasm(() => initWasm({ module_or_path: wasmUrl() }).then(() => Client)));
 
 /** Connects to a livevote server; see the package README and `types/index.d.ts`. */
-export const connect = makeConnect(loadWasm, async () => undefined);
+export const connect = guardConnect(makeConnect(loadWasm, async () => undefined));

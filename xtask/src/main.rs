@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod npm;
+mod packaging;
 mod test;
 mod tools;
 

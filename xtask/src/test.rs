@@ -81,6 +81,7 @@ fn steps() -> Vec<Step> {
         ),
         step("npm package build", |_| npm::run(&[])),
         step("sdk tests", |_| npm::test_sdk()),
+        step("packaging consumers", crate::packaging::run),
         step("examples e2e", examples_end_to_end),
     ]
 }
