@@ -1,8 +1,9 @@
-//! livevote's build system: `cargo xtask test | demo | npm | bench`. CI is a thin wrapper
+//! livevote's build system: `cargo xtask test | demo | npm | bench | fuzz`. CI is a thin wrapper
 //! around `cargo xtask test`.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod npm;
 mod packaging;
 mod test;
@@ -23,8 +24,9 @@ fn main() -> ExitCode {
         "demo" => demo::run(&rest),
         "npm" => npm::run(&rest),
         "bench" => bench::run(&rest),
+        "fuzz" => fuzz::run(&rest),
         _ => Err(anyhow!(
-            "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md"
+            "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md\n  fuzz   run every fuzz target for SECONDS (default 60) each"
         )),
     };
     match outcome {

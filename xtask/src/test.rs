@@ -79,6 +79,17 @@ fn steps() -> Vec<Step> {
                 "livevote-protocol",
             ],
         ),
+        // Every fuzz target over its committed corpus (fuzz/ is its own workspace): stable Rust,
+        // no cargo-fuzz, no libFuzzer; the shared target folder reuses the server's build.
+        step("fuzz corpus replay", |root| {
+            let target = tools::target_dir(root);
+            tools::run(
+                tools::cargo()
+                    .args(["test", "--no-default-features", "--target-dir"])
+                    .arg(&target)
+                    .current_dir(root.join("fuzz")),
+            )
+        }),
         step("npm package build", |_| npm::run(&[])),
         step("sdk tests", |_| npm::test_sdk()),
         step("packaging consumers", crate::packaging::run),

@@ -80,7 +80,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
     }
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, AppError> {
+/// Public so that the fuzz crate can drive the extractors' decoding without an HTTP stack.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, AppError> {
     let raw: Value = serde_json::from_slice(bytes)
         .map_err(|error| AppError::bad_request(format!("body is not JSON: {error}")))?;
     if !raw.is_object() {

@@ -21,6 +21,14 @@ use crate::error::AppError;
 use crate::state::AppState;
 
 pub use events::view as event_view;
+// The request bodies and their validation, for the fuzz crate (fuzz/).
+pub use auth_api::AuthInput;
+pub use events::{
+    check_closing_window, EventInput, VoteInput, MAX_PROMPT_VERSIONS, MAX_PROMPT_VERSION_KEY,
+    MAX_PROMPT_VERSION_VALUE,
+};
+pub use ledger::CreditInput;
+pub use ops::NoticeInput;
 
 /// Every HTTP route of the API plus the socket endpoint.
 pub fn routes(state: &AppState) -> Router<AppState> {
