@@ -182,6 +182,8 @@ pub enum ConfigError {
     DevOnNonLoopback(SocketAddr),
     #[error("--jwt-secret must be at least 32 bytes")]
     WeakJwtSecret,
+    #[error("--api-key must be at least 16 bytes")]
+    WeakApiKey,
     #[error("--idle-timeout ({idle:?}) must exceed --heartbeat-interval + --pong-timeout ({heartbeat:?}), or healthy sockets would be cut")]
     IdleTimeoutTooShort { idle: Duration, heartbeat: Duration },
     #[error("unsupported --database-url `{0}`: expected sqlite://PATH or postgres://…")]
@@ -223,6 +225,9 @@ impl Config {
             && !self.dev
         {
             return Err(ConfigError::WeakJwtSecret);
+        }
+        if !self.dev && self.api_key.as_ref().is_some_and(|key| key.len() < 16) {
+            return Err(ConfigError::WeakApiKey);
         }
         let heartbeat = self.heartbeat_interval + self.pong_timeout;
         if self.idle_timeout <= heartbeat {

@@ -56,6 +56,14 @@ fn invalid_configuration_is_one_line_and_exit_code_2() {
             "/nonexistent/key.pem",
         ],
         &["--dev", "--idle-timeout", "5s"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            "a-jwt-secret-of-at-least-32-bytes!!",
+            "--api-key",
+            "short-key",
+        ],
     ];
     for arguments in cases {
         let (code, stderr) = run_to_end(arguments);

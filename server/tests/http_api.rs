@@ -62,15 +62,19 @@ async fn auth_mints_tokens_and_checks_the_api_key_outside_dev() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "BAD_REQUEST");
     let bad_role = json!({"apiKey": API_KEY, "userId": user, "role": "king"});
     let (status, body) = call(&state, post("/api/auth", None, &bad_role)).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "VALIDATION_FAILED",
-    );
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "BAD_REQUEST");
     let streamer_without_id = json!({"apiKey": API_KEY, "userId": user, "role": "streamer"});
-    let (status, _) = call(&state, post("/api/auth", None, &streamer_without_id)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = call(&state, post("/api/auth", None, &streamer_without_id)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    let not_a_uuid = json!({"apiKey": API_KEY, "userId": "user-1", "role": "viewer"});
+    let (status, body) = call(&state, post("/api/auth", None, &not_a_uuid)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    // A key that shares a prefix with the real one, or is longer, is just as wrong.
+    for wrong_key in [&API_KEY[..4], &format!("{API_KEY}x")[..]] {
+        let body = json!({"apiKey": wrong_key, "userId": user, "role": "viewer"});
+        let (status, body) = call(&state, post("/api/auth", None, &body)).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "INVALID_API_KEY");
+    }
 }
 
 #[tokio::test]

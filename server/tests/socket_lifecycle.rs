@@ -196,6 +196,43 @@ async fn past_the_connect_rate_the_upgrade_is_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_flood_of_bad_tokens_at_three_times_the_connect_rate_keeps_no_valid_client_out() {
+    let mut config = test_config();
+    config.connect_rate = 10;
+    let server = TestServer::start_with(config).await;
+    let bad_url = server.socket_url("?token=bad");
+    // 30 bad-token connects (3x the rate) while 8 valid clients connect among them.
+    let flood = tokio::spawn(async move {
+        let mut refused_for_rate = 0;
+        for _ in 0..30 {
+            if let Err(ConnectError::Status { status: 503, .. }) = try_connect(&bad_url, &[]).await
+            {
+                refused_for_rate += 1;
+            }
+        }
+        refused_for_rate
+    });
+    let mut valid = Vec::new();
+    for _ in 0..8 {
+        let token = server.token(Role::Viewer, Uuid::new_v4());
+        let url = server.socket_url(&format!("?token={token}"));
+        match try_connect(&url, &[]).await {
+            Ok(client) => valid.push(client),
+            Err(error) => panic!("a valid client was kept out during the flood: {error:?}"),
+        }
+    }
+    let refused_for_rate = flood.await.unwrap();
+    assert!(
+        refused_for_rate > 0,
+        "the bad tokens' own bucket never ran dry"
+    );
+    for mut client in valid {
+        client.assert_responsive().await;
+        client.close().await;
+    }
+}
+
+#[tokio::test]
 async fn shutdown_tells_every_socket_to_come_back_with_jitter_and_closes_1012() {
     let server = TestServer::start().await;
     let streamer = Uuid::new_v4();

@@ -5,6 +5,7 @@ use axum::Json;
 use livevote_protocol::{AuthResponse, Role};
 use serde::Deserialize;
 use serde_json::Number;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -45,14 +46,18 @@ pub async fn mint(
             .unwrap_or_default()
             .as_bytes();
         let given = input.api_key.as_deref().unwrap_or_default().as_bytes();
-        if !bool::from(expected.ct_eq(given)) || expected.is_empty() {
+        // Digests of equal length are compared, so not even the key's length leaks.
+        let matches = Sha256::digest(expected).ct_eq(&Sha256::digest(given));
+        if !bool::from(matches) || expected.is_empty() {
             return Err(AppError::Unauthorized {
                 code: "INVALID_API_KEY",
                 message: "wrong API key".into(),
             });
         }
     }
-    let invalid = |message: &str| AppError::validation("VALIDATION_FAILED", message);
+    // Every refusal of the body is 400: the contract calls a malformed auth body 400, with
+    // no 422 case for /api/auth.
+    let invalid = |message: &str| AppError::bad_request(message);
     let user_id = Uuid::try_parse(&input.user_id).map_err(|_| invalid("userId must be a uuid"))?;
     let role = match input.role.as_str() {
         "viewer" => Role::Viewer,

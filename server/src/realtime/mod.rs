@@ -84,6 +84,8 @@ pub struct Realtime {
     events: RwLock<EventCache>,
     balances: BalanceCache,
     connect_limiter: DefaultDirectRateLimiter,
+    /// The connect-rate bucket of sockets refused for their token (see [`Realtime::admit_socket`]).
+    unauthenticated_connect_limiter: DefaultDirectRateLimiter,
     /// Sockets from admission to the end of their task (refused-with-a-close ones included).
     open_sockets: AtomicUsize,
     socket_closed: Notify,
@@ -107,6 +109,9 @@ impl Realtime {
             hub: Hub::new(HubConfig::default()),
             events: RwLock::new(EventCache::default()),
             balances: BalanceCache::default(),
+            unauthenticated_connect_limiter: RateLimiter::direct(
+                Quota::per_second(connect_rate).allow_burst(connect_rate),
+            ),
             connect_limiter: RateLimiter::direct(
                 Quota::per_second(connect_rate).allow_burst(connect_rate),
             ),
@@ -269,8 +274,13 @@ impl Realtime {
         self.restarting.load(Ordering::SeqCst)
     }
 
-    /// Admits one more socket, or says why not.
-    pub(crate) fn admit_socket(self: &Arc<Self>) -> Result<SocketPermit, Refusal> {
+    /// Admits one more socket, or says why not. Sockets whose token checked out and sockets
+    /// that will only be told why they are refused draw on separate connect-rate buckets, so
+    /// that a flood of bad tokens cannot keep real clients out.
+    pub(crate) fn admit_socket(
+        self: &Arc<Self>,
+        authenticated: bool,
+    ) -> Result<SocketPermit, Refusal> {
         if self.is_restarting() {
             return Err(Refusal::Restarting);
         }
@@ -285,7 +295,12 @@ impl Realtime {
         let permit = SocketPermit {
             realtime: self.clone(),
         };
-        if self.connect_limiter.check().is_err() {
+        let limiter = if authenticated {
+            &self.connect_limiter
+        } else {
+            &self.unauthenticated_connect_limiter
+        };
+        if limiter.check().is_err() {
             return Err(Refusal::ConnectRate);
         }
         Ok(permit)

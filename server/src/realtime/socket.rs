@@ -74,10 +74,6 @@ pub async fn upgrade(
     if state.shutdown.is_cancelled() {
         return unavailable(Refusal::Restarting);
     }
-    let permit = match state.realtime.admit_socket() {
-        Ok(permit) => permit,
-        Err(refusal) => return unavailable(refusal),
-    };
     // A malformed query string is treated as an empty one: the token is then missing (4001).
     let query = query.map(|Query(query)| query).unwrap_or_default();
     let token = query
@@ -87,6 +83,11 @@ pub async fn upgrade(
     let verdict = match &token {
         None => Err(TokenError::Missing),
         Some(token) => state.auth.verify(token, state.clock.unix_seconds()),
+    };
+    // The token is checked before admission, so a flood of bad tokens draws on its own bucket.
+    let permit = match state.realtime.admit_socket(verdict.is_ok()) {
+        Ok(permit) => permit,
+        Err(refusal) => return unavailable(refusal),
     };
     let streamer = match query.streamer_id.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
