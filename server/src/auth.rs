@@ -33,6 +33,16 @@ impl Claims {
         }
     }
 
+    /// The initial balance this token's user gets when the ledger first learns it: viewers
+    /// and streamers get `configured`; workers and admins, who run the product rather than
+    /// watch it, get nothing (an admin who wants to vote credits itself).
+    pub fn initial_balance(&self, configured: i64) -> i64 {
+        match self.role {
+            Role::Viewer | Role::Streamer => configured,
+            Role::Worker | Role::Admin => 0,
+        }
+    }
+
     pub fn may_vote(&self) -> bool {
         matches!(self.role, Role::Viewer | Role::Streamer | Role::Admin)
     }
@@ -79,6 +89,9 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// How far in the future a token's `iat` may be: clocks of the hosts that mint tokens differ.
+const ISSUED_AT_SKEW_SECONDS: i64 = 60;
+
 impl Authenticator {
     pub fn new(secret: &str) -> Self {
         // Only HS256: a token that names another algorithm (`none` included) is refused.
@@ -89,6 +102,9 @@ impl Authenticator {
         // tests), not against jsonwebtoken's own reading of the system time.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // Tokens minted elsewhere with the same secret and claims are accepted, and such a
+        // token may name an audience; jsonwebtoken 9 would refuse any `aud` by default.
+        validation.validate_aud = false;
         Authenticator {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
@@ -119,6 +135,11 @@ impl Authenticator {
         if claims.role == Role::Streamer && claims.streamer_id.is_none() {
             return Err(TokenError::Invalid);
         }
+        // Issued in the future (beyond a minute of clock skew between minting hosts) or not
+        // before it expires: not a token this server or a trusted backend would mint.
+        if claims.iat > now + ISSUED_AT_SKEW_SECONDS || claims.iat >= claims.exp {
+            return Err(TokenError::Invalid);
+        }
         Ok(claims)
     }
 }
@@ -147,6 +168,53 @@ mod tests {
         assert_eq!(other.verify(&token, 1_000), Err(TokenError::Invalid));
         assert_eq!(auth.verify("", 1_000), Err(TokenError::Missing));
         assert_eq!(auth.verify("not.a.jwt", 1_000), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn refuses_tokens_issued_in_the_future_or_not_before_they_expire() {
+        let auth = Authenticator::new("a-secret-that-is-long-enough-for-hs256");
+        let issued = |iat: i64, exp: i64| {
+            auth.mint(&Claims {
+                iat,
+                ..claims(Role::Viewer, exp)
+            })
+        };
+        assert!(auth.verify(&issued(1_000, 5_000), 1_000).is_ok());
+        assert!(
+            auth.verify(&issued(1_050, 5_000), 1_000).is_ok(),
+            "skew allowed"
+        );
+        assert_eq!(
+            auth.verify(&issued(2_000, 5_000), 1_000),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            auth.verify(&issued(4_000, 3_000), 1_000),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn accepts_a_token_minted_elsewhere_that_names_an_audience() {
+        let secret = "a-secret-that-is-long-enough-for-hs256";
+        let auth = Authenticator::new(secret);
+        let mut claims = serde_json::to_value(claims(Role::Viewer, 5_000)).unwrap();
+        claims["aud"] = serde_json::json!("livevote");
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&token, 1_000).unwrap().role, Role::Viewer);
+    }
+
+    #[test]
+    fn only_viewers_and_streamers_get_the_initial_balance() {
+        assert_eq!(claims(Role::Viewer, 10).initial_balance(500), 500);
+        assert_eq!(claims(Role::Streamer, 10).initial_balance(500), 500);
+        assert_eq!(claims(Role::Worker, 10).initial_balance(500), 0);
+        assert_eq!(claims(Role::Admin, 10).initial_balance(500), 0);
     }
 
     #[test]

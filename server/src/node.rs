@@ -13,6 +13,7 @@ use std::future::Future;
 use livevote_storage::EventRecord;
 use uuid::Uuid;
 
+use crate::auth::Claims;
 use crate::broker::BrokerMessage;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -68,13 +69,14 @@ impl AppState {
     }
 
     /// Makes a user known to the ledger once; later calls are answered from memory.
-    pub async fn ensure_user_known(&self, user_id: Uuid) -> Result<(), AppError> {
+    pub async fn ensure_user_known(&self, claims: &Claims) -> Result<(), AppError> {
+        let user_id = claims.sub;
         if self.realtime.is_user_known(user_id) {
             return Ok(());
         }
         let balance = self
             .store
-            .ensure_user(user_id, self.config.initial_balance)
+            .ensure_user(user_id, claims.initial_balance(self.config.initial_balance))
             .await?;
         self.realtime.remember_balance(user_id, balance);
         Ok(())

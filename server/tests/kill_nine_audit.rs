@@ -1167,9 +1167,17 @@ async fn audit_database(
             .iter()
             .filter(|row| row.kind == "initial_credit")
             .collect();
+        // Viewers get the initial balance; workers and admins, who do not watch, get 0.
+        let expected_initial = if participants.voters.iter().any(|(voter, _)| voter == user) {
+            INITIAL_BALANCE
+        } else if *user == participants.admin.0 {
+            0
+        } else {
+            rows[0].amount
+        };
         if initial.len() != 1
             || rows[0].kind != "initial_credit"
-            || rows[0].amount != INITIAL_BALANCE
+            || rows[0].amount != expected_initial
         {
             violations.push(format!(
                 "user {user}: {} initial credits (first entry {} of {})",

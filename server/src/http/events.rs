@@ -342,7 +342,7 @@ pub async fn vote(
         votes,
         idempotency,
         now: state.clock.now(),
-        initial_balance: state.config.initial_balance,
+        initial_balance: claims.initial_balance(state.config.initial_balance),
     };
     let committing = state.clone();
     let receipt = state

@@ -27,7 +27,7 @@ impl FromRequestParts<AppState> for Authenticated {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts).ok_or(TokenError::Missing)?;
         let claims = state.auth.verify(token, state.clock.unix_seconds())?;
-        state.ensure_user_known(claims.sub).await?;
+        state.ensure_user_known(&claims).await?;
         Ok(Authenticated(claims))
     }
 }

@@ -19,7 +19,10 @@ pub async fn balance(
 ) -> Result<Json<BalanceResponse>, AppError> {
     let balance = state
         .store
-        .ensure_user(claims.sub, state.config.initial_balance)
+        .ensure_user(
+            claims.sub,
+            claims.initial_balance(state.config.initial_balance),
+        )
         .await?;
     Ok(Json(BalanceResponse {
         user_id: claims.sub,

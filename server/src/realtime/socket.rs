@@ -97,7 +97,7 @@ pub async fn upgrade(
     };
     if let Ok(claims) = &verdict {
         // Opening a socket authenticates its user (the ledger learns it, once).
-        if let Err(error) = state.ensure_user_known(claims.sub).await {
+        if let Err(error) = state.ensure_user_known(claims).await {
             return error.into_response();
         }
     }
