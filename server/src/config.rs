@@ -62,8 +62,10 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Comma-separated Origins allowed to open sockets and call the API from a browser, or `any`.
-    #[arg(long, env = "LIVEVOTE_ALLOWED_ORIGINS", default_value = "any", value_parser = parse_origins)]
+    /// Comma-separated Origins allowed to open sockets and call the API from a browser, `any`,
+    /// or `loopback` (pages served from localhost or 127.0.0.0/8). Default: `loopback` in
+    /// --dev (so that no web page a developer visits can mint an admin token), else `any`.
+    #[arg(long, env = "LIVEVOTE_ALLOWED_ORIGINS", default_value = "auto", value_parser = parse_origins)]
     pub allowed_origins: AllowedOrigins,
 
     /// Sockets per node; past it an upgrade is answered 503 with Retry-After.
@@ -119,21 +121,51 @@ pub struct Config {
 /// Which browser Origins may call the API and open sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
+    /// Not set: [`Config::finish`] picks `Loopback` in --dev and `Any` otherwise (until then
+    /// it allows any Origin).
+    Auto,
     Any,
+    /// Pages served from a loopback host: `localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`.
+    Loopback,
     List(Vec<String>),
 }
 
 impl AllowedOrigins {
     pub fn allows(&self, origin: &str) -> bool {
         match self {
-            AllowedOrigins::Any => true,
+            AllowedOrigins::Auto | AllowedOrigins::Any => true,
+            AllowedOrigins::Loopback => is_loopback_origin(origin),
             AllowedOrigins::List(origins) => origins.iter().any(|allowed| allowed == origin),
         }
     }
 }
 
+/// Whether `origin` (`scheme://host[:port]`) names a loopback host.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
 fn parse_origins(text: &str) -> Result<AllowedOrigins, String> {
     let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(AllowedOrigins::Auto);
+    }
+    if text.eq_ignore_ascii_case("loopback") {
+        return Ok(AllowedOrigins::Loopback);
+    }
     if text.eq_ignore_ascii_case("any") || text == "*" {
         return Ok(AllowedOrigins::Any);
     }
@@ -226,6 +258,13 @@ impl Config {
         {
             return Err(ConfigError::WeakJwtSecret);
         }
+        if self.allowed_origins == AllowedOrigins::Auto {
+            self.allowed_origins = if self.dev {
+                AllowedOrigins::Loopback
+            } else {
+                AllowedOrigins::Any
+            };
+        }
         if !self.dev && self.api_key.as_ref().is_some_and(|key| key.len() < 16) {
             return Err(ConfigError::WeakApiKey);
         }
@@ -309,5 +348,36 @@ mod tests {
         assert!(list.allows("http://localhost:5173"));
         assert!(!list.allows("https://evil.example"));
         assert!(parse_origins("ftp://x").is_err());
+        let loopback = parse_origins("loopback").unwrap();
+        for origin in [
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "https://app.localhost",
+            "http://[::1]:3000",
+        ] {
+            assert!(loopback.allows(origin), "{origin}");
+        }
+        for origin in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "null",
+            "http://128.0.0.1",
+        ] {
+            assert!(!loopback.allows(origin), "{origin}");
+        }
+    }
+
+    #[test]
+    fn dev_allows_only_loopback_origins_unless_told_otherwise() {
+        let dev = Config::try_parse_from(["livevote-server", "--dev"])
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(dev.allowed_origins, AllowedOrigins::Loopback);
+        let told = Config::try_parse_from(["livevote-server", "--dev", "--allowed-origins", "any"])
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(told.allowed_origins, AllowedOrigins::Any);
     }
 }

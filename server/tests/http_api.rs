@@ -778,3 +778,25 @@ async fn past_the_open_events_cap_a_create_is_409_and_a_retry_of_an_existing_one
     .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
 }
+
+#[tokio::test]
+async fn in_dev_a_foreign_page_cannot_mint_a_token_but_a_local_one_can() {
+    let config = test_config().finish().expect("a valid dev configuration");
+    let state = router_state(config).await;
+    let body = json!({"userId": Uuid::new_v4(), "role": "admin"});
+    for (origin, expected) in [
+        ("https://evil.example", StatusCode::FORBIDDEN),
+        ("http://localhost:5173", StatusCode::OK),
+        ("http://127.0.0.1:8080", StatusCode::OK),
+    ] {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/auth")
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (status, answer) = call(&state, request).await;
+        assert_eq!(status, expected, "{origin}: {answer}");
+    }
+}

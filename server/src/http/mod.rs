@@ -77,7 +77,10 @@ async fn method_not_allowed() -> Response {
 
 fn cors_layer(origins: &AllowedOrigins) -> CorsLayer {
     let allow_origin = match origins {
-        AllowedOrigins::Any => AllowOrigin::any(),
+        AllowedOrigins::Auto | AllowedOrigins::Any => AllowOrigin::any(),
+        AllowedOrigins::Loopback => AllowOrigin::predicate(|origin, _| {
+            origin.to_str().is_ok_and(crate::config::is_loopback_origin)
+        }),
         AllowedOrigins::List(list) => AllowOrigin::list(
             list.iter()
                 .filter_map(|origin| HeaderValue::from_str(origin).ok()),
