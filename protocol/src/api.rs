@@ -64,6 +64,9 @@ pub struct EventView {
 #[serde(rename_all = "camelCase")]
 pub struct EventList {
     pub events: Vec<EventView>,
+    /// Where the next page starts (`?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /api/events/{id}/votes` request.

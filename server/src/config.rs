@@ -105,6 +105,10 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_VOTE_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub vote_rate: u32,
 
+    /// `GET /api/events` requests per second per user (burst the same).
+    #[arg(long, env = "LIVEVOTE_LIST_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub list_rate: u32,
+
     /// Local development: generated secrets, /api/auth without an API key, loopback only.
     #[arg(long)]
     pub dev: bool,

@@ -31,7 +31,7 @@ use crate::auth::Authenticator;
 use crate::broker::MemoryBroker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::VoteLimiter;
+use crate::limits::UserRateLimiter;
 use crate::realtime::Realtime;
 use crate::state::{AppState, Shared};
 use crate::timers::EventTimers;
@@ -81,7 +81,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
     let secret = config.jwt_secret.clone().unwrap_or_default();
     let state = AppState::new(Shared {
         auth: Authenticator::new(&secret),
-        vote_limiter: VoteLimiter::new(config.vote_rate),
+        vote_limiter: UserRateLimiter::new(config.vote_rate, "votes"),
+        list_limiter: UserRateLimiter::new(config.list_rate, "event listings"),
         config,
         clock,
         store,
@@ -110,7 +111,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
         loop {
             tokio::select! {
                 () = housekeeping_state.shutdown.cancelled() => return,
-                _ = every_minute.tick() => housekeeping_state.vote_limiter.forget_idle_users(),
+                _ = every_minute.tick() => {
+                    housekeeping_state.vote_limiter.forget_idle_users();
+                    housekeeping_state.list_limiter.forget_idle_users();
+                }
             }
         }
     });

@@ -9,15 +9,18 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 
-pub struct VoteLimiter {
+pub struct UserRateLimiter {
     limiter: RateLimiter<Uuid, DashMapStateStore<Uuid>, DefaultClock>,
+    /// What is limited, for the 429's message ("votes", "event listings").
+    what: &'static str,
 }
 
-impl VoteLimiter {
-    pub fn new(votes_per_second: u32) -> Self {
-        let rate = NonZeroU32::new(votes_per_second).unwrap_or(NonZeroU32::MIN);
-        VoteLimiter {
+impl UserRateLimiter {
+    pub fn new(per_second: u32, what: &'static str) -> Self {
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        UserRateLimiter {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
+            what,
         }
     }
 
@@ -26,7 +29,7 @@ impl VoteLimiter {
         self.limiter.check_key(&user_id).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             AppError::RateLimited {
-                message: "too many votes; slow down".into(),
+                message: format!("too many {}; slow down", self.what),
                 retry_after_seconds: wait.as_secs() + 1,
             }
         })

@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::VoteLimiter;
+use crate::limits::UserRateLimiter;
 use crate::realtime::Realtime;
 use crate::timers::EventTimers;
 
@@ -27,7 +27,9 @@ pub struct Shared {
     pub broker: Arc<dyn Broker>,
     pub realtime: Arc<Realtime>,
     pub timers: EventTimers,
-    pub vote_limiter: VoteLimiter,
+    pub vote_limiter: UserRateLimiter,
+    /// `GET /api/events` per user (`--list-rate`).
+    pub list_limiter: UserRateLimiter,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server begins shutting down.
     pub shutdown: CancellationToken,

@@ -800,3 +800,55 @@ async fn in_dev_a_foreign_page_cannot_mint_a_token_but_a_local_one_can() {
         assert_eq!(status, expected, "{origin}: {answer}");
     }
 }
+
+#[tokio::test]
+async fn the_event_list_is_paged_by_cursor_and_limited_per_user() {
+    let mut config = test_config();
+    config.list_rate = 1_000;
+    let state = router_state(config).await;
+    let streamer = Uuid::new_v4();
+    let mut created = Vec::new();
+    for seconds in [600, 700, 800, 900, 1000] {
+        created.push(create_event(&state, streamer, seconds).await);
+    }
+    let reader = mint(&state, Role::Viewer, Uuid::new_v4(), None);
+    let mut listed = Vec::new();
+    let mut path = format!("/api/events?streamerId={streamer}&limit=2");
+    for page in 0.. {
+        assert!(page < 5, "paging did not end");
+        let (status, body) = call(&state, get(&path, Some(&reader))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let events = body["events"].as_array().unwrap();
+        assert!(events.len() <= 2);
+        listed.extend(
+            events
+                .iter()
+                .map(|item| item["event"]["id"].as_str().unwrap().to_owned()),
+        );
+        match body["nextCursor"].as_str() {
+            Some(cursor) => {
+                path = format!("/api/events?streamerId={streamer}&limit=2&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    // Latest closesAt first, every event once.
+    let expected: Vec<String> = created.iter().rev().map(Uuid::to_string).collect();
+    assert_eq!(listed, expected);
+    for bad in ["limit=0", "limit=201", "limit=many", "cursor=garbage"] {
+        let (status, body) = call(&state, get(&format!("/api/events?{bad}"), Some(&reader))).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    // The rate is per user: with 1 a second, a second request at once is 429.
+    let mut config = test_config();
+    config.list_rate = 1;
+    let state = router_state(config).await;
+    let reader = mint(&state, Role::Viewer, Uuid::new_v4(), None);
+    let (status, _) = call(&state, get("/api/events", Some(&reader))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&state, get("/api/events", Some(&reader))).await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED");
+    let other = mint(&state, Role::Viewer, Uuid::new_v4(), None);
+    let (status, _) = call(&state, get("/api/events", Some(&other))).await;
+    assert_eq!(status, StatusCode::OK, "another user is not limited");
+}

@@ -125,8 +125,25 @@ pub enum LedgerEntryKind {
 /// Filter of `list_events`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
+    /// Only this streamer's events.
     pub streamer_id: Option<Uuid>,
+    /// Only open or only closed events.
     pub status: Option<EventStatus>,
+    /// At most this many events (all of them without).
+    pub limit: Option<u32>,
+    /// Only events after this one in the listing's order (`closesAt` descending, then id
+    /// descending): the position where the previous page ended.
+    pub after: Option<EventPosition>,
+}
+
+/// Where an event stands in a listing: a keyset cursor that stays right while events are
+/// created and closed between pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventPosition {
+    /// The event's `closesAt`.
+    pub closes_at: DateTime<Utc>,
+    /// The event's id, which orders events with the same `closesAt`.
+    pub event_id: Uuid,
 }
 
 /// Why a store call failed. Every variant but `Database` and `Unavailable` is a client's

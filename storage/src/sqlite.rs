@@ -277,7 +277,21 @@ impl Store for SqliteStore {
         if let Some(status) = filter.status {
             query.push(" AND status = ").push_bind(status_name(status));
         }
-        query.push(" ORDER BY closes_at DESC, created_at DESC");
+        if let Some(after) = filter.after {
+            let closes_at = to_nanos(after.closes_at)?;
+            query
+                .push(" AND (closes_at < ")
+                .push_bind(closes_at)
+                .push(" OR (closes_at = ")
+                .push_bind(closes_at)
+                .push(" AND id < ")
+                .push_bind(after.event_id)
+                .push("))");
+        }
+        query.push(" ORDER BY closes_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            query.push(" LIMIT ").push_bind(i64::from(limit));
+        }
         self.read_events(query).await
     }
 

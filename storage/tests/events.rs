@@ -267,9 +267,30 @@ async fn list_events_filters_and_puts_the_latest_closing_first() {
 
     let by_streamer = EventFilter {
         streamer_id: Some(streamer),
-        status: None,
+        ..EventFilter::default()
     };
     let mine = store.list_events(&by_streamer).await.unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].event, created[0]);
+
+    // Pages of one: each starts after the last event of the previous one.
+    let mut paged = Vec::new();
+    let mut after = None;
+    for _ in 0..5 {
+        let page = store
+            .list_events(&EventFilter {
+                limit: Some(1),
+                after,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(livevote_storage::EventPosition {
+            closes_at: last.closes_at,
+            event_id: last.event.id,
+        });
+        paged.extend(page.iter().map(|record| record.event.id));
+    }
+    assert_eq!(paged, order);
 }

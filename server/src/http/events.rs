@@ -271,13 +271,40 @@ pub struct ListQuery {
     streamer_id: Option<String>,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// Events per page of `GET /api/events` unless `limit` says otherwise, and the most it may say.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+pub const MAX_LIST_LIMIT: u32 = 200;
+
+/// A page cursor: the last event's `closesAt` in unix milliseconds and its id. Opaque to
+/// clients, who only send back what `nextCursor` said.
+fn encode_cursor(record: &EventRecord) -> String {
+    format!(
+        "{}_{}",
+        record.closes_at.timestamp_millis(),
+        record.event.id
+    )
+}
+
+fn decode_cursor(text: &str) -> Option<livevote_storage::EventPosition> {
+    let (millis, id) = text.split_once('_')?;
+    Some(livevote_storage::EventPosition {
+        closes_at: DateTime::from_timestamp_millis(millis.parse().ok()?)?,
+        event_id: Uuid::try_parse(id).ok()?,
+    })
 }
 
 pub async fn list(
     State(state): State<AppState>,
-    Authenticated(_claims): Authenticated,
+    Authenticated(claims): Authenticated,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventList>, AppError> {
+    state.list_limiter.check(claims.sub)?;
     let Query(query) = query.map_err(|rejection| AppError::bad_request(rejection.body_text()))?;
     let streamer_id = match query.streamer_id.as_deref() {
         None | Some("") => None,
@@ -291,15 +318,41 @@ pub async fn list(
         Some("closed") => Some(EventStatus::Closed),
         Some(_) => return Err(AppError::bad_request("status must be open or closed")),
     };
-    let records = state
+    let limit = match query.limit.as_deref() {
+        None | Some("") => DEFAULT_LIST_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=MAX_LIST_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be an integer 1–{MAX_LIST_LIMIT}"))
+            })?,
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(decode_cursor(text).ok_or_else(|| {
+            AppError::bad_request("cursor must be a nextCursor this server returned")
+        })?),
+    };
+    // One more than the page tells whether another page follows.
+    let mut records = state
         .store
         .list_events(&EventFilter {
             streamer_id,
             status,
+            limit: Some(limit + 1),
+            after,
         })
         .await?;
+    let next_cursor = if records.len() > limit as usize {
+        records.truncate(limit as usize);
+        records.last().map(encode_cursor)
+    } else {
+        None
+    };
     Ok(Json(EventList {
         events: records.into_iter().map(view).collect(),
+        next_cursor,
     }))
 }
 
