@@ -62,9 +62,11 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Comma-separated Origins allowed to open sockets and call the API from a browser, `any`,
-    /// or `loopback` (pages served from localhost or 127.0.0.0/8). Default: `loopback` in
-    /// --dev (so that no web page a developer visits can mint an admin token), else `any`.
+    /// Comma-separated Origins allowed to open sockets and call the API from a browser, or
+    /// `any`. `loopback` in the list stands for pages served from localhost or 127.0.0.0/8,
+    /// `null` for file:// pages (OBS browser sources). Default: `loopback` in --dev (so that no
+    /// web page a developer visits can mint an admin token), `loopback,null` in --demo (its
+    /// overlay is meant to be opened as a file), `any` otherwise.
     #[arg(long, env = "LIVEVOTE_ALLOWED_ORIGINS", default_value = "auto", value_parser = parse_origins)]
     pub allowed_origins: AllowedOrigins,
 
@@ -129,8 +131,8 @@ pub enum AllowedOrigins {
     /// it allows any Origin).
     Auto,
     Any,
-    /// Pages served from a loopback host: `localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`.
-    Loopback,
+    /// Exact Origins; the entry `loopback` stands for every page served from a loopback host
+    /// (`localhost`, `*.localhost`, 127.0.0.0/8, `[::1]`).
     List(Vec<String>),
 }
 
@@ -138,11 +140,15 @@ impl AllowedOrigins {
     pub fn allows(&self, origin: &str) -> bool {
         match self {
             AllowedOrigins::Auto | AllowedOrigins::Any => true,
-            AllowedOrigins::Loopback => is_loopback_origin(origin),
-            AllowedOrigins::List(origins) => origins.iter().any(|allowed| allowed == origin),
+            AllowedOrigins::List(origins) => origins.iter().any(|allowed| {
+                allowed == origin || (allowed == LOOPBACK && is_loopback_origin(origin))
+            }),
         }
     }
 }
+
+/// The `--allowed-origins` entry that stands for every loopback page.
+const LOOPBACK: &str = "loopback";
 
 /// Whether `origin` (`scheme://host[:port]`) names a loopback host.
 pub fn is_loopback_origin(origin: &str) -> bool {
@@ -167,9 +173,6 @@ fn parse_origins(text: &str) -> Result<AllowedOrigins, String> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(AllowedOrigins::Auto);
     }
-    if text.eq_ignore_ascii_case("loopback") {
-        return Ok(AllowedOrigins::Loopback);
-    }
     if text.eq_ignore_ascii_case("any") || text == "*" {
         return Ok(AllowedOrigins::Any);
     }
@@ -182,7 +185,11 @@ fn parse_origins(text: &str) -> Result<AllowedOrigins, String> {
         return Err("expected `any` or a comma-separated list of origins".into());
     }
     for origin in &origins {
-        if !(origin.starts_with("http://") || origin.starts_with("https://") || origin == "null") {
+        if !(origin.starts_with("http://")
+            || origin.starts_with("https://")
+            || origin == "null"
+            || origin == LOOPBACK)
+        {
             return Err(format!(
                 "origin `{origin}` must start with http:// or https://"
             ));
@@ -263,8 +270,10 @@ impl Config {
             return Err(ConfigError::WeakJwtSecret);
         }
         if self.allowed_origins == AllowedOrigins::Auto {
-            self.allowed_origins = if self.dev {
-                AllowedOrigins::Loopback
+            self.allowed_origins = if self.demo {
+                AllowedOrigins::List(vec![LOOPBACK.into(), "null".into()])
+            } else if self.dev {
+                AllowedOrigins::List(vec![LOOPBACK.into()])
             } else {
                 AllowedOrigins::Any
             };
@@ -353,6 +362,7 @@ mod tests {
         assert!(!list.allows("https://evil.example"));
         assert!(parse_origins("ftp://x").is_err());
         let loopback = parse_origins("loopback").unwrap();
+        assert!(parse_origins("loopback,null").unwrap().allows("null"));
         for origin in [
             "http://localhost:5173",
             "http://127.0.0.1:8080",
@@ -377,7 +387,18 @@ mod tests {
             .unwrap()
             .finish()
             .unwrap();
-        assert_eq!(dev.allowed_origins, AllowedOrigins::Loopback);
+        assert!(dev.allowed_origins.allows("http://localhost:5173"));
+        assert!(!dev.allowed_origins.allows("https://evil.example"));
+        assert!(!dev.allowed_origins.allows("null"));
+        let demo = Config::try_parse_from(["livevote-server", "--demo"])
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert!(
+            demo.allowed_origins.allows("null"),
+            "the demo's overlay opens as a file"
+        );
+        assert!(!demo.allowed_origins.allows("https://evil.example"));
         let told = Config::try_parse_from(["livevote-server", "--dev", "--allowed-origins", "any"])
             .unwrap()
             .finish()

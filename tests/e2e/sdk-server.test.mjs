@@ -42,6 +42,8 @@ async function startServer({ port = 0, database, secret = SECRET, extra = [] }) 
     SERVER,
     [
       "--dev",
+      // The file:// page test sends Origin: null, which --dev alone refuses.
+      "--allowed-origins", "loopback,null",
       "--listen", `127.0.0.1:${port}`,
       "--database-url", `sqlite://${database}`,
       "--jwt-secret", secret,

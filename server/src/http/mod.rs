@@ -8,7 +8,7 @@ mod ledger;
 mod ops;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -78,13 +78,12 @@ async fn method_not_allowed() -> Response {
 fn cors_layer(origins: &AllowedOrigins) -> CorsLayer {
     let allow_origin = match origins {
         AllowedOrigins::Auto | AllowedOrigins::Any => AllowOrigin::any(),
-        AllowedOrigins::Loopback => AllowOrigin::predicate(|origin, _| {
-            origin.to_str().is_ok_and(crate::config::is_loopback_origin)
-        }),
-        AllowedOrigins::List(list) => AllowOrigin::list(
-            list.iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        ),
+        list @ AllowedOrigins::List(_) => {
+            let list = list.clone();
+            AllowOrigin::predicate(move |origin, _| {
+                origin.to_str().is_ok_and(|origin| list.allows(origin))
+            })
+        }
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
