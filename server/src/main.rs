@@ -65,7 +65,7 @@ const RESERVED_FILE_DESCRIPTORS: u64 = 256;
 
 /// Raises the soft open-file limit to the hard one; under a shell's default of 1,024 the server
 /// would stop at about 1,000 sockets, and further connects would hang instead of getting 503.
-/// Caps `--max-connections` to what the limit allows, so that past it clients are refused
+/// Caps `--max-open-connections` and `--max-connections` to what the limit allows, so that past it clients are refused
 /// with 503 + Retry-After rather than left waiting.
 fn fit_connections_to_file_limit(config: &mut Config) {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
@@ -77,23 +77,29 @@ fn fit_connections_to_file_limit(config: &mut Config) {
     };
     let usable =
         usize::try_from(limit.saturating_sub(RESERVED_FILE_DESCRIPTORS)).unwrap_or(usize::MAX);
-    if config.max_open_connections > usable {
+    lower_to_fit(
+        "--max-open-connections",
+        &mut config.max_open_connections,
+        usable,
+        limit,
+    );
+    lower_to_fit(
+        "--max-connections",
+        &mut config.max_connections,
+        usable,
+        limit,
+    );
+}
+
+fn lower_to_fit(option: &str, value: &mut usize, usable: usize, open_file_limit: u64) {
+    if *value > usable {
         tracing::warn!(
-            open_file_limit = limit,
-            requested = config.max_open_connections,
+            open_file_limit,
+            requested = *value,
             effective = usable,
-            "--max-open-connections lowered to fit the open-file limit"
+            "{option} lowered to fit the open-file limit"
         );
-        config.max_open_connections = usable;
-    }
-    if config.max_connections > usable {
-        tracing::warn!(
-            open_file_limit = limit,
-            requested = config.max_connections,
-            effective = usable,
-            "--max-connections lowered to fit the open-file limit"
-        );
-        config.max_connections = usable;
+        *value = usable;
     }
 }
 

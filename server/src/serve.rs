@@ -305,6 +305,25 @@ impl ServedStream {
         }
     }
 
+    /// Records bytes written as activity; a write that would wait is bounded by the idle timeout
+    /// (a client that stops reading is idle too).
+    fn after_write(
+        &mut self,
+        context: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.last_activity = std::time::Instant::now();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.poll_idle(context).map(Err),
+        }
+    }
+
     /// Called when the stream would wait: `Pending` while within the idle timeout.
     fn poll_idle(&mut self, context: &mut Context<'_>) -> Poll<io::Error> {
         loop {
@@ -360,17 +379,8 @@ impl AsyncWrite for ServedStream {
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(context, buffer) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_activity = std::time::Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            // A client that stops reading is idle too.
-            Poll::Pending => this.poll_idle(context).map(Err),
-        }
+        let written = Pin::new(&mut this.stream).poll_write(context, buffer);
+        this.after_write(context, written)
     }
 
     fn poll_write_vectored(
@@ -379,16 +389,8 @@ impl AsyncWrite for ServedStream {
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(context, buffers) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.last_activity = std::time::Instant::now();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => this.poll_idle(context).map(Err),
-        }
+        let written = Pin::new(&mut this.stream).poll_write_vectored(context, buffers);
+        this.after_write(context, written)
     }
 
     fn is_write_vectored(&self) -> bool {
