@@ -7,6 +7,9 @@
 //! the same event or user (queueing a newer one empties the slot), and EVENT_CLOSED empties
 //! the slot, so draining in that order never sends an older total after a newer one and never
 //! an EVENT_UPDATED after EVENT_CLOSED.
+//!
+//! tidy: long file: the queue, the slots and the phases keep one ordering rule together;
+//! split across files, the rule above would have no single place to be checked against.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

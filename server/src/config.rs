@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_LIST_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub list_rate: u32,
 
+    /// Wrong API keys per client address per minute at `/api/auth`; past it that address gets
+    /// 429 with Retry-After (even with the right key) until the minute is over.
+    #[arg(long, env = "LIVEVOTE_AUTH_FAILURE_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failure_limit: u32,
+
     /// Local development: generated secrets, /api/auth without an API key, loopback only.
     #[arg(long)]
     pub dev: bool,

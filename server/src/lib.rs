@@ -13,6 +13,7 @@ pub mod limits;
 pub mod node;
 pub mod realtime;
 pub mod serve;
+pub mod socket;
 pub mod state;
 pub mod timers;
 
@@ -31,7 +32,7 @@ use crate::auth::Authenticator;
 use crate::broker::MemoryBroker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::UserRateLimiter;
+use crate::limits::{AuthFailureLimiter, UserRateLimiter};
 use crate::realtime::Realtime;
 use crate::state::{AppState, Shared};
 use crate::timers::EventTimers;
@@ -83,6 +84,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
         auth: Authenticator::new(&secret),
         vote_limiter: UserRateLimiter::new(config.vote_rate, "votes"),
         list_limiter: UserRateLimiter::new(config.list_rate, "event listings"),
+        auth_failures: AuthFailureLimiter::new(config.auth_failure_limit),
         config,
         clock,
         store,
@@ -99,10 +101,16 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
             applier_state.apply(&message);
         }
     });
+    let closing_state = state.clone();
     tokio::spawn(timers::run_timers(
-        state.clone(),
+        state.clock.clone(),
+        state.timers.clone(),
         timer_queue,
         shutdown.clone(),
+        move |event_id| {
+            let state = closing_state.clone();
+            async move { state.close_due_event(event_id).await }
+        },
     ));
     realtime.spawn_background(shutdown.clone());
     let housekeeping_state = state.clone();
@@ -114,6 +122,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, 
                 _ = every_minute.tick() => {
                     housekeeping_state.vote_limiter.forget_idle_users();
                     housekeeping_state.list_limiter.forget_idle_users();
+                    housekeeping_state.auth_failures.forget_expired(std::time::Instant::now());
                 }
             }
         }

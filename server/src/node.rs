@@ -17,6 +17,7 @@ use crate::auth::Claims;
 use crate::broker::BrokerMessage;
 use crate::error::AppError;
 use crate::state::AppState;
+use crate::timers::CloseAttempt;
 
 impl AppState {
     /// Applies a change received from the broker to this node: timers and sockets.
@@ -117,5 +118,17 @@ impl AppState {
             self.apply(&closed);
         }
         Ok(outcome.record)
+    }
+
+    /// The timer task's close of a due event: database failures are retried by the timer,
+    /// anything else (the event is gone, or closed already) settles it.
+    pub async fn close_due_event(&self, event_id: Uuid) -> CloseAttempt {
+        match self.close_event(event_id, None).await {
+            Err(error @ (AppError::Internal(_) | AppError::Unavailable(_))) => {
+                tracing::warn!(%event_id, %error, "closing a due event failed");
+                CloseAttempt::RetryLater
+            }
+            Ok(_) | Err(_) => CloseAttempt::Settled,
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::UserRateLimiter;
+use crate::limits::{AuthFailureLimiter, UserRateLimiter};
 use crate::realtime::Realtime;
 use crate::timers::EventTimers;
 
@@ -30,6 +30,8 @@ pub struct Shared {
     pub vote_limiter: UserRateLimiter,
     /// `GET /api/events` per user (`--list-rate`).
     pub list_limiter: UserRateLimiter,
+    /// Wrong API keys per client address at `/api/auth` (`--auth-failure-limit`).
+    pub auth_failures: AuthFailureLimiter,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server begins shutting down.
     pub shutdown: CancellationToken,

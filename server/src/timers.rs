@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::clock::Clock;
 
 /// Handle to arm timers; cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,13 +43,34 @@ impl EventTimers {
 /// How long to wait before retrying a close that failed on a database error.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
-/// Runs until `shutdown`: sleeps until the earliest deadline, closes what is due.
-pub async fn run_timers(state: AppState, mut queue: TimerQueue, shutdown: CancellationToken) {
+/// What became of one due event's close, as the timer task needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseAttempt {
+    /// Closed now, or found closed already (by a manual close or another node): done.
+    Settled,
+    /// The store could not be reached or failed: try again shortly.
+    RetryLater,
+}
+
+/// Runs until `shutdown`: sleeps until the earliest deadline, calls `close` for what is due.
+///
+/// The task knows only the clock, its own queue and the `close` it is given, not the node's
+/// whole state: the node wires its `close_event` in (see `lib::start`).
+pub async fn run_timers<Close, Closing>(
+    clock: Clock,
+    timers: EventTimers,
+    mut queue: TimerQueue,
+    shutdown: CancellationToken,
+    close: Close,
+) where
+    Close: Fn(Uuid) -> Closing + Clone + Send + 'static,
+    Closing: Future<Output = CloseAttempt> + Send + 'static,
+{
     let mut deadlines: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>> = BinaryHeap::new();
     loop {
         let next_wake = deadlines
             .peek()
-            .map(|Reverse((at, _))| state.clock.instant_at(*at));
+            .map(|Reverse((at, _))| clock.instant_at(*at));
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
@@ -57,19 +79,19 @@ pub async fn run_timers(state: AppState, mut queue: TimerQueue, shutdown: Cancel
                 None => return,
             },
             () = sleep_until_or_forever(next_wake) => {
-                let now = state.clock.now();
+                let now = clock.now();
                 while let Some(Reverse((at, event_id))) = deadlines.peek().copied() {
                     if at > now {
                         break;
                     }
                     deadlines.pop();
-                    let state = state.clone();
+                    let close = close.clone();
+                    let timers = timers.clone();
                     tokio::spawn(async move {
-                        let outcome = state.close_event(event_id, None).await;
-                        if let Err(error @ (crate::error::AppError::Internal(_) | crate::error::AppError::Unavailable(_))) = outcome {
-                            tracing::warn!(%event_id, %error, "closing a due event failed; retrying");
+                        if close(event_id).await == CloseAttempt::RetryLater {
+                            tracing::warn!(%event_id, "closing a due event failed; retrying");
                             tokio::time::sleep(RETRY_AFTER_FAILURE).await;
-                            state.timers.arm(event_id, at);
+                            timers.arm(event_id, at);
                         }
                     });
                 }

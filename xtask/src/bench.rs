@@ -6,6 +6,9 @@
 //! `cargo xtask bench w1 w3` runs only the named workloads; `--full` runs issue 5's full sizes
 //! (about ten minutes; written to `bench/RESULTS-full.md`); `--out FILE` writes elsewhere.
 //! Every server is spawned by the load generator on 127.0.0.1 with port 0 and stopped by it.
+//!
+//! tidy: long file: the run list, the runner and the RESULTS.md writer share one definition of
+//! each run, so that a number and the command that produced it change together.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

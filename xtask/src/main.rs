@@ -7,6 +7,8 @@ mod fuzz;
 mod npm;
 mod packaging;
 mod test;
+#[allow(dead_code)] // wired into `test` once the SDK client is split
+mod tidy;
 mod tools;
 
 use std::path::PathBuf;

@@ -1,7 +1,10 @@
 //! `POST /api/auth`: trusted backends exchange the API key for a token.
 
-use axum::extract::State;
-use axum::Json;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, State};
+use axum::{Extension, Json};
 use livevote_protocol::{AuthResponse, Role};
 use serde::Deserialize;
 use serde_json::Number;
@@ -34,11 +37,19 @@ const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
 pub async fn mint(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: JsonBody<AuthInput>,
 ) -> Result<Json<AuthResponse>, AppError> {
     let input = body.value;
-    // In --dev the key is not checked (contract §2); otherwise it is compared in constant time.
+    // In --dev the key is not checked (contract §2); otherwise it is compared in constant time,
+    // and an address that sent too many wrong keys is held back before its key is looked at.
     if !state.config.is_dev() {
+        // Served by `serve`, every request carries its peer; a router driven without it (a
+        // test's `oneshot`) counts as one unspecified address.
+        let address = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(info)| {
+            info.0.ip()
+        });
+        state.auth_failures.check(address, Instant::now())?;
         let expected = state
             .config
             .api_key
@@ -49,6 +60,7 @@ pub async fn mint(
         // Digests of equal length are compared, so not even the key's length leaks.
         let matches = Sha256::digest(expected).ct_eq(&Sha256::digest(given));
         if !bool::from(matches) || expected.is_empty() {
+            state.auth_failures.record_failure(address, Instant::now());
             return Err(AppError::Unauthorized {
                 code: "INVALID_API_KEY",
                 message: "wrong API key".into(),

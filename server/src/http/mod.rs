@@ -41,7 +41,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/balance", get(ledger::balance))
         .route("/api/ledger/credit", post(ledger::credit))
         .route("/api/notices", post(ops::notice))
-        .route("/realtime", get(crate::realtime::socket::upgrade))
+        .route("/realtime", get(crate::socket::upgrade))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

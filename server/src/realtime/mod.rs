@@ -1,13 +1,11 @@
-//! Sockets and fan-out: the in-memory event and balance cache that serves snapshots, the
-//! shared coalescing ticker, the shared heartbeat, cache pruning and metrics, and the
-//! `/realtime` socket handler ([`socket`]). The channel registry and outboxes live in the
-//! `livevote-hub` crate.
+//! Fan-out: the in-memory event and balance cache that serves snapshots, the shared
+//! coalescing ticker, the shared heartbeat, cache pruning and metrics. The `/realtime` socket
+//! handler that uses it is [`crate::socket`]; the channel registry and outboxes live in the
+//! `livevote-hub` crate. Nothing here knows the node's `AppState`.
 
 mod background;
 mod balance_cache;
 mod event_cache;
-mod session;
-pub mod socket;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

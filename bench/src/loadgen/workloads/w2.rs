@@ -2,6 +2,9 @@
 //! Measures accepted votes per second (the durable SQLite ledger's throughput), EVENT_UPDATED
 //! frames per socket per second (coalescing), the delay from a vote's acceptance to a socket
 //! seeing totals that include it, and that final totals equal the votes and the ledger.
+//!
+//! tidy: long file: set-up, load and the final audit of one workload read top to bottom; the
+//! audit's SQL depends on exactly what the load did.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

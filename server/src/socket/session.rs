@@ -12,8 +12,8 @@ use livevote_protocol::{
 };
 use tokio::time::Instant;
 
-use super::notice_message;
 use crate::auth::{Claims, TokenError};
+use crate::realtime::notice_message;
 use crate::state::AppState;
 
 /// How long a socket may stay over its command rate after the RATE_LIMITED warning.

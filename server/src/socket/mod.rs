@@ -28,11 +28,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::session::{Ending, Session, Verdict};
-use super::{close_for_restart, notice_message, Refusal};
+mod session;
+
 use crate::auth::{Claims, TokenError};
 use crate::error::AppError;
+use crate::realtime::{close_for_restart, notice_message, Refusal};
 use crate::state::AppState;
+use session::{Ending, Session, Verdict};
 
 /// Read buffer per socket: client commands are small, and this buffer is resident for every
 /// idle socket (axum's default is 128 KiB).
