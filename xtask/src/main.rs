@@ -6,6 +6,7 @@ mod demo;
 mod fuzz;
 mod npm;
 mod packaging;
+mod supply_chain;
 mod test;
 #[allow(dead_code)] // wired into `test` once the SDK client is split
 mod tidy;

@@ -41,7 +41,11 @@ fn steps() -> Vec<Step> {
         step("install: wasm-bindgen CLI", tools::ensure_wasm_bindgen_cli),
         step("install: chromium", |_| tools::ensure_chromium()),
         step("install: node_modules", tools::ensure_node_modules),
+        step("install: cargo-deny", |_| {
+            crate::supply_chain::ensure_cargo_deny()
+        }),
         cargo_step("fmt", &["fmt", "--all", "--", "--check"]),
+        step("supply chain", crate::supply_chain::run),
         cargo_step(
             "clippy",
             &[
