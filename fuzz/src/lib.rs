@@ -19,12 +19,16 @@ use livevote_server::http::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+mod sdk_merge;
+pub use sdk_merge::sdk_merge;
+
 /// Every target by name, for the corpus replay and `cargo xtask fuzz`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("client_command", client_command),
     ("channel_name", channel_name),
     ("event_validation", event_validation),
     ("http_bodies", http_bodies),
+    ("sdk_merge", sdk_merge),
 ];
 
 /// A socket text frame, decoded the way the session does (`serde_json::from_str::<ClientCommand>`).

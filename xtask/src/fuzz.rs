@@ -16,6 +16,7 @@ const TARGETS: &[&str] = &[
     "channel_name",
     "event_validation",
     "http_bodies",
+    "sdk_merge",
 ];
 
 pub fn run(arguments: &[String]) -> Result<()> {
