@@ -127,6 +127,22 @@ pub struct Config {
     /// Folder with the demo's static files (overlay, viewer, built SDK); used by --demo.
     #[arg(long, env = "LIVEVOTE_DEMO_ASSETS", hide = true)]
     pub demo_assets: Option<PathBuf>,
+
+    /// Speeds every demo duration up by this factor (0.1–1000), e.g. `10` makes events last
+    /// 4–12 s instead of 40–120 s; for the browser tests of the examples.
+    #[arg(long, env = "LIVEVOTE_DEMO_PACE", default_value_t = 1.0, hide = true, value_parser = parse_demo_pace)]
+    pub demo_pace: f64,
+}
+
+fn parse_demo_pace(text: &str) -> Result<f64, String> {
+    let pace: f64 = text
+        .parse()
+        .map_err(|_| "expected a number such as 10".to_string())?;
+    if pace.is_finite() && (0.1..=1000.0).contains(&pace) {
+        Ok(pace)
+    } else {
+        Err("expected a number from 0.1 to 1000".into())
+    }
 }
 
 /// Which browser Origins may call the API and open sockets.

@@ -3,8 +3,8 @@
 //! a development-only token endpoint standing in for a real backend; [`start`] runs a simulated
 //! worker and a few hundred simulated viewers that go through the real HTTP handlers.
 //!
-//! `LIVEVOTE_DEMO_PACE` (hidden, for the browser tests) speeds every demo duration up by the
-//! given factor, e.g. `10` makes events last 4–12 s instead of 40–120 s.
+//! `--demo-pace` / `LIVEVOTE_DEMO_PACE` (hidden, for the browser tests) speeds every demo
+//! duration up by the given factor, e.g. `10` makes events last 4–12 s instead of 40–120 s.
 
 mod catalog;
 mod simulation;
@@ -229,11 +229,7 @@ hundred simulated viewers vote on it through the real API.</p>
 /// simulated viewers. Prints the URLs to open. Everything stops when `state.shutdown` is
 /// cancelled. Call it once, from inside the runtime, with the application's router.
 pub fn start(state: AppState, router: Router) -> tokio::task::JoinHandle<()> {
-    let pace = std::env::var("LIVEVOTE_DEMO_PACE")
-        .ok()
-        .and_then(|text| text.parse::<f64>().ok())
-        .filter(|pace| pace.is_finite() && *pace >= 0.1)
-        .unwrap_or(1.0);
+    let pace = state.config.demo_pace;
     let simulation = simulation::Simulation::new(state.clone(), router, pace);
     tokio::spawn(async move {
         simulation.adopt_open_events().await;
