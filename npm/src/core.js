@@ -17,11 +17,11 @@ const makeError = (code, message, details) => new LivevoteError(code, message, d
 
 const invalid = (message) => makeError("INVALID_OPTIONS", message);
 
-// Numbered as `Topic` in sdk-wasm/src/client.rs.
+// Numbered as `Topic` in sdk-wasm/src/client/objects.rs.
 const TOPICS = ["event", "remove", "balance", "notice", "status", "store"];
 const NOTICE = 3;
 const STATUS = 4;
-// Numbered as `SocketReport` and `Wake` in sdk-wasm/src/client/connection.rs.
+// Numbered as `SocketReport` and `Wake` in sdk-wasm/src/client/work.rs.
 const SOCKET_OPENED = 0;
 const SOCKET_MESSAGE = 1;
 const SOCKET_CLOSED = 2;
@@ -171,7 +171,7 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       .filter(([target]) => target && typeof target.addEventListener === "function")
       .map(([target, name]) => [target, name, () => core.wake(WAKE_CHECK)]);
 
-    // What the wasm client asks of its surroundings (`Host` in sdk-wasm/src/client.rs).
+    // What the wasm client asks of its surroundings (`Host` in sdk-wasm/src/client/host.rs).
     const host = {
       open(token, generation) {
         const socket = new WebSocketImpl(socketUrl + (socketUrl.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token));

@@ -14,6 +14,7 @@ mod channels;
 mod connection;
 mod host;
 mod objects;
+mod work;
 
 use std::cell::{Cell, RefCell, RefMut};
 
@@ -25,8 +26,9 @@ use crate::decode;
 use crate::js::{self, get};
 use crate::policy::Backoff;
 use channels::Channels;
-use connection::{Connection, Settings, SocketEvent, SocketReport, Wake, Work};
+use connection::{Connection, Settings};
 use host::{now, Host};
+use work::{SocketEvent, SocketReport, Wake, Work};
 
 /// The contract's default server heartbeat and pong timeout, used when the page does not say.
 const DEFAULT_HEARTBEAT_MS: f64 = 20_000.0;

@@ -194,3 +194,37 @@ fn balance_value(store: &Store) -> JsValue {
         .balance()
         .map_or(JsValue::NULL, |balance| JsValue::from_f64(balance as f64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Topic;
+
+    #[test]
+    fn topics_are_numbered_as_core_js_lists_them() {
+        let core_js = include_str!("../../../npm/src/core.js");
+        let list = core_js
+            .lines()
+            .find_map(|line| line.strip_prefix("const TOPICS = ["))
+            .expect("npm/src/core.js lists TOPICS");
+        let names: Vec<&str> = list
+            .trim_end_matches("];")
+            .split(", ")
+            .map(|name| name.trim_matches('"'))
+            .collect();
+        let topics = [
+            ("event", Topic::Event),
+            ("remove", Topic::Remove),
+            ("balance", Topic::Balance),
+            ("notice", Topic::Notice),
+            ("status", Topic::Status),
+            ("store", Topic::Store),
+        ];
+        assert_eq!(names.len(), topics.len());
+        for (name, topic) in topics {
+            assert_eq!(names[topic as usize], name);
+        }
+        // core.js's NOTICE and STATUS pick those topics out of a batch for debug logging.
+        assert!(core_js.contains(&format!("const NOTICE = {};", Topic::Notice as u32)));
+        assert!(core_js.contains(&format!("const STATUS = {};", Topic::Status as u32)));
+    }
+}

@@ -4,24 +4,29 @@
 //!
 //! Every decision is taken here, in answer to one [`Work`] at a time; the [`Host`] carries it out.
 //! The rules themselves are plain Rust beside it: the close-code table and backoff
-//! ([`crate::policy`]), the merge ([`crate::state`]), the channels ([`super::channels`]).
+//! ([`crate::policy`]), the merge ([`crate::state`]), the channels ([`super::channels`]). This
+//! file holds the state, the sockets and their messages; [`liveness`] the deadline and what a
+//! close means, [`tokens`] `getToken()`, [`verify`] events missing from a fresh snapshot.
+
+mod liveness;
+mod tokens;
+mod verify;
 
 use js_sys::Array;
-use livevote_protocol::{close_codes, notice_codes, ServerMessage};
+use livevote_protocol::{notice_codes, ServerMessage};
 use uuid::Uuid;
 use wasm_bindgen::JsValue;
 
 use super::channels::{ChannelState, Channels};
 use super::host::{now, Host, Timer};
 use super::objects::{Objects, Outbox, Shown, Status};
+use super::work::{SocketEvent, Wake, Work};
 use crate::clock::ClockOffset;
 use crate::decode;
 use crate::js::{self, get};
-use crate::policy::{self, Backoff, CloseAction};
+use crate::policy::{Backoff, CloseAction};
 use crate::state::{Change, Store};
-
-/// Tries to learn an event's final state over HTTP before waiting for the next reconnect.
-const MAX_VERIFY_ATTEMPTS: u32 = 5;
+use verify::Unverified;
 
 /// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,68 +53,6 @@ impl Phase {
     }
 }
 
-/// What the host reports about the socket of one generation, numbered as `SOCKET_*` in
-/// npm/src/core.js (the number crosses the boundary; the value comes beside it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketReport {
-    Opened = 0,
-    Message = 1,
-    Closed = 2,
-}
-
-impl SocketReport {
-    pub fn from_number(number: u32) -> Option<SocketReport> {
-        [
-            SocketReport::Opened,
-            SocketReport::Message,
-            SocketReport::Closed,
-        ]
-        .into_iter()
-        .find(|report| *report as u32 == number)
-    }
-}
-
-/// A [`SocketReport`] with what came with it.
-pub enum SocketEvent {
-    Opened,
-    /// A frame, already `JSON.parse`d (`undefined` when it was not JSON text).
-    Message(JsValue),
-    Closed(u16),
-}
-
-/// Which timer (or page event) woke the client, numbered as `WAKE_*` in npm/src/core.js.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// The liveness tick, or the page coming back (`online`, `focus`, `visibilitychange`).
-    Check = 0,
-    /// The reconnect timer: open the next socket.
-    RetryTimer = 1,
-}
-
-impl Wake {
-    pub fn from_number(number: u32) -> Option<Wake> {
-        [Wake::Check, Wake::RetryTimer]
-            .into_iter()
-            .find(|wake| *wake as u32 == number)
-    }
-}
-
-/// One way into the client: a call from the page or a report from the host.
-pub enum Work {
-    Start,
-    Close,
-    /// The page's `reconnect()`: reopen a closed client, or skip the backoff wait.
-    Reconnect,
-    Subscribe(Vec<String>),
-    Unsubscribe(Vec<String>),
-    Socket(u32, SocketEvent),
-    Wake(Wake),
-    Token(Option<String>),
-    Verified(Uuid, u16, JsValue),
-    /// A vote's answer: the balance, and the token `getToken()` gave for it.
-    Voted(i64, Option<String>),
-}
-
 /// How the page configured the client (`connect()`'s options, checked).
 pub struct Settings {
     pub has_get_token: bool,
@@ -131,14 +74,6 @@ struct Socket {
     /// The channels of each subscribe command sent on this socket and not yet answered, oldest
     /// first (the server answers them in order).
     unanswered: Vec<Vec<String>>,
-}
-
-/// An event whose final state is to be fetched over HTTP.
-struct Unverified {
-    id: Uuid,
-    attempts: u32,
-    next_at: f64,
-    in_flight: bool,
 }
 
 pub struct Connection {
@@ -552,242 +487,6 @@ impl Connection {
         }
         self.set_phase(Phase::Live);
         self.verify_missing_events();
-    }
-
-    // ----- Liveness and closing -----
-
-    /// The periodic tick and the page's wake-up events: a connection silent for longer than the
-    /// heartbeat plus the pong timeout is dead, however long the timers were throttled.
-    fn check(&mut self) {
-        if self.socket.is_some() {
-            if now() - self.last_frame_at > self.liveness_deadline_ms {
-                self.lost(policy::LOCAL_TIMEOUT);
-            } else {
-                self.verify_missing_events();
-            }
-        } else if self.retry_timer.is_some() && now() >= self.retry_at {
-            // The backoff timer should have fired already (the tab slept): go now.
-            self.open_socket();
-        }
-    }
-
-    /// The state shown is no longer confirmed by a connection.
-    fn mark_stale(&mut self) {
-        for id in self.store.mark_stale() {
-            self.outbox.event(id);
-        }
-        if !self.store.is_empty() {
-            self.stale = true;
-        }
-        self.outbox.snapshot = true;
-    }
-
-    /// The current socket is gone (closed by the server, dropped, or declared dead): decide
-    /// by the close-code table.
-    fn lost(&mut self, code: u16) {
-        let Some(socket) = self.socket.take() else {
-            return;
-        };
-        let at = now();
-        let healthy = socket
-            .opened_at
-            .is_some_and(|opened| at - opened >= policy::STABLE_AFTER_MS);
-        self.host.retire(&socket.web_socket);
-        self.tick = None;
-        self.aside = None;
-        if healthy {
-            self.attempt = 0;
-            self.unauthorized_retry_used = false;
-        }
-        self.close_code = Some(code);
-        self.outbox.status = true;
-        self.channels.all_pending();
-        self.mark_stale();
-        let action = policy::action_for_close(code);
-        match action {
-            CloseAction::Stop if code == close_codes::FORBIDDEN => {
-                let error = self.error(
-                    "FORBIDDEN",
-                    "the server refused this connection (4003)",
-                    Some(code),
-                );
-                self.stop(error);
-            }
-            CloseAction::Stop => self.stop(JsValue::NULL),
-            CloseAction::RenewTokenOnceThenStop
-                if self.has_get_token && !self.unauthorized_retry_used =>
-            {
-                self.unauthorized_retry_used = true;
-                self.token = None;
-                self.schedule_retry(action, None);
-            }
-            CloseAction::RenewTokenOnceThenStop => {
-                let error = self.error(
-                    "UNAUTHORIZED",
-                    "the server refused the token (4001)",
-                    Some(code),
-                );
-                self.stop(error);
-            }
-            CloseAction::RenewTokenThenReconnect if !self.has_get_token => {
-                let error = self.error(
-                    "TOKEN_EXPIRED",
-                    "the token expired and no getToken() was given to renew it (4002)",
-                    Some(code),
-                );
-                self.stop(error);
-            }
-            CloseAction::RenewTokenThenReconnect => {
-                self.token = None;
-                self.schedule_retry(action, None);
-            }
-            _ => self.schedule_retry(action, socket.retry_after_ms),
-        }
-    }
-
-    fn schedule_retry(&mut self, action: CloseAction, retry_after_ms: Option<f64>) {
-        let delay = policy::reconnect_delay_ms(
-            &self.backoff,
-            action,
-            self.attempt,
-            js_sys::Math::random(),
-            retry_after_ms,
-        );
-        self.attempt = self.attempt.saturating_add(1);
-        self.retry_at = now() + delay;
-        self.set_phase(Phase::Reconnecting);
-        self.outbox.status = true;
-        self.retry_timer = Some(Timer::after(&self.host, delay as u32));
-    }
-
-    /// Stops: no socket, no timer, no page listener is left behind.
-    fn stop(&mut self, error: JsValue) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.retire_socket();
-        self.tick = None;
-        self.retry_timer = None;
-        self.aside = None;
-        self.connect_when_token_arrives = false;
-        if std::mem::take(&mut self.listening_to_page) {
-            self.host.page(false);
-        }
-        self.error = error;
-        self.set_phase(Phase::Closed);
-    }
-
-    // ----- Tokens -----
-
-    /// Asks `getToken()` for a new token (one request at a time). When it arrives it is sent
-    /// in-band (`refresh`) on an open socket, and opens the next socket if one was waiting for it.
-    fn request_token(&mut self) {
-        if !self.has_get_token {
-            if self.connect_when_token_arrives {
-                let error = self.error(
-                    "UNAUTHORIZED",
-                    "no token and no getToken() to obtain one",
-                    None,
-                );
-                self.stop(error);
-            }
-            return;
-        }
-        if self.token_request_in_flight {
-            return;
-        }
-        self.token_request_in_flight = true;
-        self.host.get_token();
-    }
-
-    fn on_token(&mut self, token: Option<String>) {
-        self.token_request_in_flight = false;
-        if self.phase == Phase::Closed {
-            return;
-        }
-        match token {
-            Some(token) => {
-                self.send("refresh", &JsValue::from_str(&token));
-                self.token = Some(token);
-                if std::mem::take(&mut self.connect_when_token_arrives) {
-                    self.open_socket();
-                }
-            }
-            None if self.connect_when_token_arrives => {
-                if self.close_code == Some(close_codes::UNAUTHORIZED) {
-                    let error = self.error(
-                        "UNAUTHORIZED",
-                        "getToken() failed after the server refused the token (4001)",
-                        None,
-                    );
-                    self.stop(error);
-                } else {
-                    // The token service may be down too: try again with the usual backoff.
-                    self.connect_when_token_arrives = false;
-                    self.schedule_retry(CloseAction::Reconnect, None);
-                }
-            }
-            // A failed in-band refresh keeps the old token; when it expires the server closes
-            // with 4002 and the next attempt asks again.
-            None => {}
-        }
-    }
-
-    // ----- Events missing from a fresh snapshot -----
-
-    /// Fetches the final state of events that were open before a reconnect and are missing
-    /// from the fresh snapshot. Driven by the tick, so it stops with the connection.
-    fn verify_missing_events(&mut self) {
-        let at = now();
-        for entry in &mut self.unverified {
-            if entry.in_flight || entry.next_at > at {
-                continue;
-            }
-            entry.in_flight = true;
-            entry.attempts += 1;
-            self.host.fetch_event(
-                entry
-                    .id
-                    .hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer()),
-                self.token.as_deref(),
-            );
-        }
-    }
-
-    /// `GET /api/events/{id}` answered `status` (0: no answer) with `body`.
-    fn on_verified(&mut self, id: Uuid, status: u16, body: JsValue) {
-        let Some(position) = self.unverified.iter().position(|entry| entry.id == id) else {
-            return;
-        };
-        let view = if (200..300).contains(&status) {
-            decode::event_view(&body)
-        } else {
-            None
-        };
-        let Some(entry) = self.unverified.get_mut(position) else {
-            return;
-        };
-        entry.in_flight = false;
-        if let Some(view) = view {
-            self.unverified.remove(position);
-            if let Change::Event(id) = self.store.merge_view(view) {
-                self.outbox.event(id);
-            }
-        } else if status == 404 {
-            self.unverified.remove(position);
-            if self.store.remove(id) {
-                self.outbox.removed.push(id);
-            }
-        } else if entry.attempts >= MAX_VERIFY_ATTEMPTS {
-            // Give up until the next reconnect lists it again; the state stays marked stale.
-            self.unverified.remove(position);
-        } else {
-            entry.next_at = now() + policy::backoff_ms(entry.attempts, 1.0);
-            if status == 401 {
-                self.request_token();
-            }
-        }
     }
 
     // ----- Channels -----
