@@ -184,8 +184,9 @@ impl Connection {
 
     // ----- What the page sees -----
 
-    fn shown(&self) -> Shown<'_> {
-        Shown {
+    /// The objects handed out, and what they are built from.
+    fn objects_and_shown(&mut self) -> (&mut Objects, Shown<'_>) {
+        let shown = Shown {
             host: &self.host,
             store: &self.store,
             status: Status {
@@ -198,14 +199,13 @@ impl Connection {
             },
             stale: self.stale,
             channels: &self.channels,
-        }
+        };
+        (&mut self.objects, shown)
     }
 
     pub fn snapshot(&mut self) -> JsValue {
-        let mut objects = std::mem::take(&mut self.objects);
-        let snapshot = objects.snapshot(&self.shown());
-        self.objects = objects;
-        snapshot
+        let (objects, shown) = self.objects_and_shown();
+        objects.snapshot(&shown)
     }
 
     pub fn event_object(&mut self, id: Uuid) -> Option<JsValue> {
@@ -215,10 +215,8 @@ impl Connection {
     /// The listener calls for what changed since the last time; `None` when nothing did.
     pub fn take_calls(&mut self) -> Option<Array> {
         let outbox = std::mem::take(&mut self.outbox);
-        let mut objects = std::mem::take(&mut self.objects);
-        let calls = objects.calls(outbox, &self.shown());
-        self.objects = objects;
-        calls
+        let (objects, shown) = self.objects_and_shown();
+        objects.calls(outbox, &shown)
     }
 
     fn error(&self, code: &str, message: &str, close_code: Option<u16>) -> JsValue {
