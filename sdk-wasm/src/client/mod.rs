@@ -180,7 +180,7 @@ impl Client {
         self.enter(Work::Reconnect);
     }
 
-    /// The host's report about the socket of `generation`: `report` is a [`SocketReport`]
+    /// The host's report about the socket of `generation`: `report` is a `SocketReport`
     /// number; `value` is the frame's `JSON.parse`d content (`undefined` when it was not JSON
     /// text) for a message, the close code for a close.
     pub fn socket(&self, generation: u32, report: u32, value: JsValue) {
@@ -193,7 +193,8 @@ impl Client {
         self.enter(Work::Socket(generation, event));
     }
 
-    /// A timer or a page event: `wake` is a [`Wake`] number.
+    /// A timer or a page event: `wake` is a `Wake` number
+    /// (both in client/work.rs).
     pub fn wake(&self, wake: u32) {
         if let Some(wake) = Wake::from_number(wake) {
             self.enter(Work::Wake(wake));
