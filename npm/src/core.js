@@ -17,8 +17,16 @@ const makeError = (code, message, details) => new LivevoteError(code, message, d
 
 const invalid = (message) => makeError("INVALID_OPTIONS", message);
 
-// Numbered as `Topic` in sdk-wasm/src/client.rs.
+// Numbered as `Topic` in sdk-wasm/src/client/objects.rs.
 const TOPICS = ["event", "remove", "balance", "notice", "status", "store"];
+const NOTICE = 3;
+const STATUS = 4;
+// Numbered as `SocketReport` and `Wake` in sdk-wasm/src/client/work.rs.
+const SOCKET_OPENED = 0;
+const SOCKET_MESSAGE = 1;
+const SOCKET_CLOSED = 2;
+const WAKE_CHECK = 0;
+const WAKE_RETRY_TIMER = 1;
 
 const noop = () => {};
 
@@ -52,12 +60,12 @@ function deepFreeze(value) {
 }
 
 /** One HTTP request; resolves with [status, parsed JSON body or undefined], rejects when no answer came. */
-async function request(method, url, token, body, key) {
+async function request(method, url, token, body, key, signal) {
   const headers = {};
   if (token) headers.Authorization = "Bearer " + token;
   if (key !== undefined) headers["Idempotency-Key"] = key;
   if (body) headers["Content-Type"] = "application/json";
-  const response = await fetch(url, { method, body, headers });
+  const response = await fetch(url, { method, body, headers, signal });
   let json;
   try {
     json = await response.json();
@@ -75,6 +83,17 @@ const randomKey = () =>
  */
 /** How long a getToken() answer may take before it counts as a failure (ms). */
 const DEFAULT_TOKEN_TIMEOUT_MS = 10_000;
+/** How long vote() waits for its answer (ms). */
+const DEFAULT_VOTE_TIMEOUT_MS = 10_000;
+
+/** `localStorage["livevote:debug"]` set to 1, true or on turns debug logging on for the page. */
+function debugFlag() {
+  try {
+    return /^(1|true|on)$/i.test(globalThis.document && globalThis.localStorage.getItem("livevote:debug"));
+  } catch {
+    return false;
+  }
+}
 
 export function makeConnect(loadWasm, defaultWebSocket) {
   return async function connect(options) {
@@ -84,6 +103,12 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       throw invalid("options.token or options.getToken is required");
     }
     const [apiUrl, socketUrl] = serverUrls(options.url);
+    const reconnect = options.reconnect;
+    if (reconnect !== undefined && (typeof reconnect !== "object" || reconnect === null)) {
+      throw invalid("options.reconnect must be an object");
+    }
+    // State changes, close codes and reconnect delays, on console.debug.
+    const log = (options.debug === undefined ? debugFlag() : options.debug) ? (...parts) => console.debug("livevote:", ...parts) : noop;
     const channels = channelList(options.channels);
     if (options.streamerId) channels.unshift("streamer:" + options.streamerId);
     const Client = await loadWasm();
@@ -144,16 +169,16 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       [globalThis.document, "visibilitychange"],
     ]
       .filter(([target]) => target && typeof target.addEventListener === "function")
-      .map(([target, name]) => [target, name, () => core.wake(0)]);
+      .map(([target, name]) => [target, name, () => core.wake(WAKE_CHECK)]);
 
-    // What the wasm client asks of its surroundings (`Host` in sdk-wasm/src/client.rs).
+    // What the wasm client asks of its surroundings (`Host` in sdk-wasm/src/client/host.rs).
     const host = {
       open(token, generation) {
         const socket = new WebSocketImpl(socketUrl + (socketUrl.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token));
         // Errors are followed by a close event; but Node's `ws` throws an error event that has
         // no listener, so every socket keeps this one, even retired.
         socket.onerror = noop;
-        socket.onopen = () => core.socket(generation, 0);
+        socket.onopen = () => core.socket(generation, SOCKET_OPENED);
         socket.onmessage = (event) => {
           let data;
           if (typeof event.data === "string") {
@@ -161,9 +186,9 @@ export function makeConnect(loadWasm, defaultWebSocket) {
               data = JSON.parse(event.data);
             } catch {}
           }
-          core.socket(generation, 1, data);
+          core.socket(generation, SOCKET_MESSAGE, data);
         };
-        socket.onclose = (event) => core.socket(generation, 2, event.code);
+        socket.onclose = (event) => core.socket(generation, SOCKET_CLOSED, event.code);
         return socket;
       },
       retire(socket) {
@@ -180,8 +205,8 @@ export function makeConnect(loadWasm, defaultWebSocket) {
           socket.send(JSON.stringify(action === "refresh" ? { action, token: value } : { action, channels: value }));
         } catch {}
       },
-      every: (ms) => setInterval(() => core.wake(0), ms),
-      after: (ms) => setTimeout(() => core.wake(1), ms),
+      every: (ms) => setInterval(() => core.wake(WAKE_CHECK), ms),
+      after: (ms) => setTimeout(() => core.wake(WAKE_RETRY_TIMER), ms),
       page(listen) {
         for (const [target, name, handler] of page) target[listen ? "addEventListener" : "removeEventListener"](name, handler);
       },
@@ -201,10 +226,15 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       emit(calls) {
         const current = listeners.slice();
         for (let index = 0; index < calls.length; index += 2) {
+          const value = calls[index + 1];
+          if (calls[index] === STATUS) {
+            log(value.state, value.retryAt ? "retry in " + (value.retryAt - Date.now()) + " ms" : "", value);
+          }
+          if (calls[index] === NOTICE) log("notice", value.code, value.message);
           for (const [topic, listener] of current) {
             if (topic === calls[index]) {
               try {
-                listener(calls[index + 1]);
+                listener(value);
               } catch (error) {
                 console.error("livevote: a listener threw", error);
               }
@@ -220,12 +250,13 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       channels,
       heartbeatIntervalMs: options.heartbeatIntervalMs,
       pongTimeoutMs: options.pongTimeoutMs,
+      reconnect,
     });
 
     const on = (topic, listener) => {
       if (typeof listener !== "function") throw invalid("a listener must be a function");
       const index = TOPICS.indexOf(topic);
-      if (index < 0) throw invalid("unknown topic: use event, remove, balance, notice or status");
+      if (index < 0) throw invalid("unknown topic: use event, remove, balance, notice, status or store");
       const entry = [index, listener];
       listeners.push(entry);
       return () => {
@@ -235,43 +266,67 @@ export function makeConnect(loadWasm, defaultWebSocket) {
     };
 
     // POST /api/events/{eventId}/votes. A 401 is retried once with a fresh token from
-    // getToken(), under the same idempotency key.
+    // getToken(), under the same idempotency key. Past `timeoutMs`, or when `signal` aborts, it
+    // rejects (VOTE_TIMEOUT, ABORTED) and cancels the request; the vote may still have counted,
+    // so every error it throws carries the idempotencyKey that makes a retry safe.
     async function vote(eventId, optionId, votes, voteOptions) {
       await undefined;
       if (snapshot().status.state === "closed") throw makeError("CLIENT_CLOSED", "the client is closed");
+      const { idempotencyKey, timeoutMs = DEFAULT_VOTE_TIMEOUT_MS, signal } = voteOptions || {};
+      if (!(timeoutMs > 0)) throw invalid("vote(): timeoutMs must be positive");
       const url = apiUrl + "/api/events/" + encodeURIComponent(String(eventId)) + "/votes";
-      const given = voteOptions && voteOptions.idempotencyKey;
-      const key = typeof given === "string" ? given : randomKey();
+      const key = typeof idempotencyKey === "string" ? idempotencyKey : randomKey();
+      const details = { idempotencyKey: key };
       const body = JSON.stringify({ optionId: String(optionId), votes: (votes === undefined ? 1 : votes) >>> 0 });
-      let token = core.token();
-      let renewed = false;
-      for (;;) {
-        if (!token && !renewed && getToken) {
-          token = await fetchToken();
-          renewed = true;
+      const controller = new AbortController();
+      let fail;
+      const stopped = new Promise((resolve, reject) => {
+        fail = (error) => {
+          reject(error);
+          controller.abort();
+        };
+      });
+      const race = (promise) => Promise.race([promise, stopped]);
+      // Past 2^31 - 1 ms setTimeout fires at once: such a timeout (or Infinity) means none.
+      const timer =
+        timeoutMs < 2 ** 31 &&
+        setTimeout(() => fail(makeError("VOTE_TIMEOUT", "no answer within " + timeoutMs + " ms (the vote may still count)", details)), timeoutMs);
+      const abort = () => fail(makeError("ABORTED", "the vote was aborted", { ...details, cause: signal.reason }));
+      if (signal) signal.aborted ? abort() : signal.addEventListener("abort", abort);
+      try {
+        let token = core.token();
+        let renewed = false;
+        for (;;) {
+          if (!token && !renewed && getToken) {
+            token = await race(fetchToken());
+            renewed = true;
+          }
+          let answer;
+          try {
+            answer = await race(request("POST", url, token, body, key, controller.signal));
+          } catch (cause) {
+            throw cause instanceof LivevoteError ? cause : makeError("NETWORK_ERROR", "the vote request got no answer", { ...details, cause });
+          }
+          const [status, json] = answer;
+          if (status === 401 && !renewed && getToken) {
+            token = undefined;
+            continue;
+          }
+          if (status < 200 || status > 299) {
+            const error = json == null ? undefined : json.error;
+            const code = error == null ? undefined : error.code;
+            throw typeof code === "string"
+              ? makeError(code, typeof error.message === "string" ? error.message : "", { status })
+              : makeError("HTTP_" + status, "the server answered with an unexpected status", { status });
+          }
+          if (!core.voted(json, renewed ? token : undefined)) {
+            throw makeError("BAD_RESPONSE", "the vote answer was not understood");
+          }
+          return json;
         }
-        let answer;
-        try {
-          answer = await request("POST", url, token, body, key);
-        } catch (cause) {
-          throw makeError("NETWORK_ERROR", "the vote request got no answer", { cause });
-        }
-        const [status, json] = answer;
-        if (status === 401 && !renewed && getToken) {
-          token = undefined;
-          continue;
-        }
-        if (status < 200 || status > 299) {
-          const error = json == null ? undefined : json.error;
-          const code = error == null ? undefined : error.code;
-          throw typeof code === "string"
-            ? makeError(code, typeof error.message === "string" ? error.message : "", { status })
-            : makeError("HTTP_" + status, "the server answered with an unexpected status", { status });
-        }
-        if (!core.voted(json, renewed ? token : undefined)) {
-          throw makeError("BAD_RESPONSE", "the vote answer was not understood");
-        }
-        return json;
+      } finally {
+        clearTimeout(timer);
+        if (signal) signal.removeEventListener("abort", abort);
       }
     }
 
@@ -282,7 +337,7 @@ export function makeConnect(loadWasm, defaultWebSocket) {
       store: Object.freeze({
         // Svelte's store contract too: the listener gets the snapshot, at once and after each change.
         subscribe: (listener) => {
-          const off = on("store", typeof listener === "function" ? () => listener(snapshot()) : listener);
+          const off = on("store", listener);
           listener(snapshot());
           return off;
         },
@@ -307,6 +362,9 @@ export function makeConnect(loadWasm, defaultWebSocket) {
         core.close();
         endTokenWaits();
       },
+      // Reopens a closed client (same options, every channel resubscribed), or skips the wait
+      // of one between attempts.
+      reconnect: () => core.reconnect(),
     });
     core.start();
     return client;

@@ -180,6 +180,8 @@ export type ErrorCode =
   | "INVALID_OPTIONS"
   | "CLIENT_CLOSED"
   | "NETWORK_ERROR"
+  | "VOTE_TIMEOUT"
+  | "ABORTED"
   | "BAD_RESPONSE"
   | "UNAUTHORIZED"
   | "INVALID_TOKEN"
@@ -208,9 +210,15 @@ export declare class LivevoteError extends Error {
   readonly status?: number;
   /** The socket close code, for a stop decided by the server. */
   readonly closeCode?: number;
-  /** The underlying error (a network failure). */
+  /** The underlying error (a network failure, the abort signal's reason). */
   readonly cause?: unknown;
-  constructor(code: ErrorCode, message: string, details?: { status?: number; closeCode?: number; cause?: unknown });
+  /**
+   * On a vote that may or may not have counted (`VOTE_TIMEOUT`, `ABORTED`, `NETWORK_ERROR`): the
+   * key it was sent with. Voting again with `{ idempotencyKey }` set to it counts the vote at
+   * most once.
+   */
+  readonly idempotencyKey?: string;
+  constructor(code: ErrorCode, message: string, details?: { status?: number; closeCode?: number; cause?: unknown; idempotencyKey?: string });
 }
 
 // ----- The client -----
@@ -239,6 +247,32 @@ export interface ConnectOptions {
    * failed: the client backs off and asks again, instead of waiting for it for ever.
    */
   readonly tokenTimeoutMs?: number;
+  /** How long to wait between connection attempts; checked by `connect()` (`INVALID_OPTIONS`). */
+  readonly reconnect?: ReconnectOptions;
+  /**
+   * Logs state changes, close codes, reconnect delays and notices with `console.debug`.
+   * Default: on when the page's `localStorage["livevote:debug"]` is `"1"`, `"true"` or `"on"`.
+   */
+  readonly debug?: boolean;
+}
+
+/**
+ * The reconnect backoff. Before attempt n (0 for the first retry after a lost connection) the
+ * client waits up to min(maxDelayMs, minDelayMs × 2^n), of which the `jitter` share is random.
+ * The counter starts over after a connection that stayed up 5 s. 4008 adds 5 s and 1012 the
+ * server's `retryAfterMs` on top.
+ */
+export interface ReconnectOptions {
+  /** The first attempt's ceiling, 1–3 600 000 ms (default 500). */
+  readonly minDelayMs?: number;
+  /** The largest ceiling, from `minDelayMs` to 3 600 000 ms (default 20 000). */
+  readonly maxDelayMs?: number;
+  /**
+   * 0–1: the random share of each wait (default 1, full jitter: anywhere from 0 to the ceiling;
+   * 0 waits exactly the ceiling). Randomness keeps many clients dropped together from
+   * reconnecting together.
+   */
+  readonly jitter?: number;
 }
 
 export interface ClientEvents {
@@ -250,17 +284,43 @@ export interface ClientEvents {
   /** Every SYSTEM_NOTICE, including the ones the client acts on itself. */
   notice: (notice: SystemNoticePayload) => void;
   status: (status: ConnectionStatus) => void;
+  /** The snapshot changed (anything above, channels, staleness); gets the new snapshot. */
+  store: (snapshot: Snapshot) => void;
 }
 
+/** A Svelte store too; for React, `useSyncExternalStore(store.subscribe, store.getSnapshot)`. */
 export interface Store {
-  /** Calls `listener` after every change; returns the function that stops it. */
-  subscribe(listener: () => void): () => void;
+  /**
+   * Calls `listener` with the snapshot at once, then after every change; returns the function
+   * that stops it.
+   */
+  subscribe(listener: (snapshot: Snapshot) => void): () => void;
   getSnapshot(): Snapshot;
 }
 
+/** What `vote()` needs of an `AbortSignal` (the browser's and Node's both fit). */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+  addEventListener(type: "abort", listener: () => void): void;
+  removeEventListener(type: "abort", listener: () => void): void;
+}
+
 export interface VoteOptions {
-  /** Makes a retried vote count once. A random key is used when none is given. */
+  /**
+   * Makes a retried vote count once (the server answers a repeat with the first answer). A
+   * random key is used when none is given; errors that leave the outcome open carry it as
+   * `error.idempotencyKey`.
+   */
   readonly idempotencyKey?: string;
+  /**
+   * How long to wait for the answer (default 10 000; `Infinity` for no limit). Past it the
+   * request is cancelled and `vote()` rejects with `VOTE_TIMEOUT`, but the server may have
+   * counted the vote already: retry with the same `idempotencyKey`.
+   */
+  readonly timeoutMs?: number;
+  /** Cancels the request; `vote()` then rejects with `ABORTED` (the vote may have counted). */
+  readonly signal?: AbortSignalLike;
 }
 
 export interface LivevoteClient {
@@ -283,8 +343,14 @@ export interface LivevoteClient {
   serverNow(): number;
   /** Resolves once every channel is answered on an open socket; rejects if the client stops. */
   ready(): Promise<void>;
-  /** Disconnects for good; leaves no timer, socket or page listener behind. */
+  /** Disconnects; leaves no timer, socket or page listener behind, until `reconnect()`. */
   close(): void;
+  /**
+   * After `close()` (or a stop by the server): connects again with the same options and
+   * resubscribes every channel; the old state stays visible, marked stale, until the new
+   * snapshot replaces it. While waiting between attempts: tries now. Otherwise nothing.
+   */
+  reconnect(): void;
 }
 
 /** Initialises the wasm (once) and connects; resolves as soon as the client exists. */

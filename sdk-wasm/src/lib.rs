@@ -2,10 +2,12 @@
 //!
 //! The package's JavaScript wraps [`Client`]; everything that decides something lives here:
 //! the socket and its reconnect policy ([`policy`]), the merge of server messages into state
-//! ([`state`]), the server clock ([`clock`]). Those three are plain Rust, tested against the
-//! protocol's golden fixtures; the rest talks to JavaScript. The JavaScript side only carries
-//! out what the client decides (constructs the socket, arms timers, calls `getToken()`, fetches)
-//! and reports back, so the wasm holds no closures and no futures. JSON is parsed by the
+//! ([`state`]), the server clock ([`clock`]). Those three are plain Rust, tested natively
+//! (`cargo test -p livevote-sdk`, tests/merge.rs) against the protocol's golden fixtures; the
+//! rest talks to JavaScript, and its decoder is tested in headless Chromium (tests/decode.rs).
+//! The JavaScript side only carries out what the client decides (constructs the socket, arms
+//! timers, calls `getToken()`, fetches) and reports back, so the wasm holds no closures and no
+//! futures. JSON is parsed by the
 //! JavaScript engine (`JSON.parse`) and read into the protocol's serde types by [`decode`], so
 //! the wasm carries no JSON parser and no number formatting.
 

@@ -49,23 +49,115 @@ pub fn action_for_close(code: u16) -> CloseAction {
     }
 }
 
-/// Full-jitter backoff: a uniformly random wait between 0 and
-/// min(cap, start × 2^attempt). `random` is a number in [0, 1) (`Math.random()`).
+/// The reconnect backoff: the first delay ceiling, doubled per failed attempt up to a cap, and
+/// how much of each delay is random. The defaults are the contract's: full jitter (a uniformly
+/// random wait between 0 and the ceiling) from 500 ms up to 20 s, so that many clients dropped
+/// together do not come back together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    min_delay_ms: f64,
+    max_delay_ms: f64,
+    jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min_delay_ms: BACKOFF_START_MS,
+            max_delay_ms: BACKOFF_CAP_MS,
+            jitter: 1.0,
+        }
+    }
+}
+
+/// Why `connect()`'s `reconnect` options were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidBackoff {
+    MinDelay,
+    MaxDelay,
+    Jitter,
+}
+
+impl InvalidBackoff {
+    /// The message of the `INVALID_OPTIONS` error; static, so that no formatting is linked.
+    pub fn message(self) -> &'static str {
+        match self {
+            InvalidBackoff::MinDelay => "options.reconnect.minDelayMs must be from 1 to 3600000",
+            InvalidBackoff::MaxDelay => {
+                "options.reconnect.maxDelayMs must be from minDelayMs to 3600000"
+            }
+            InvalidBackoff::Jitter => "options.reconnect.jitter must be from 0 to 1",
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidBackoff {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.message())
+    }
+}
+
+impl std::error::Error for InvalidBackoff {}
+
+/// An hour: a longer wait is a mistake in the options, not a policy.
+const LONGEST_DELAY_MS: f64 = 3_600_000.0;
+
+impl Backoff {
+    /// The page's choices; `None` keeps the default. A value that is not a finite number in
+    /// range (NaN stands for "not a number") is refused.
+    pub fn new(
+        min_delay_ms: Option<f64>,
+        max_delay_ms: Option<f64>,
+        jitter: Option<f64>,
+    ) -> Result<Backoff, InvalidBackoff> {
+        let default = Backoff::default();
+        let min_delay_ms = min_delay_ms.unwrap_or(default.min_delay_ms);
+        if !(1.0..=LONGEST_DELAY_MS).contains(&min_delay_ms) {
+            return Err(InvalidBackoff::MinDelay);
+        }
+        // A minimum above the default cap, given alone, raises the cap to it.
+        let max_delay_ms = max_delay_ms.unwrap_or(default.max_delay_ms.max(min_delay_ms));
+        if !(min_delay_ms..=LONGEST_DELAY_MS).contains(&max_delay_ms) {
+            return Err(InvalidBackoff::MaxDelay);
+        }
+        let jitter = jitter.unwrap_or(default.jitter);
+        if !(0.0..=1.0).contains(&jitter) {
+            return Err(InvalidBackoff::Jitter);
+        }
+        Ok(Backoff {
+            min_delay_ms,
+            max_delay_ms,
+            jitter,
+        })
+    }
+
+    /// The wait before attempt `attempt` (0 for the first retry): a ceiling of
+    /// min(max, min × 2^attempt), of which the `jitter` share is random (uniform between
+    /// (1 − jitter) × ceiling and the ceiling). `random` is a number
+    /// in [0, 1) (`Math.random()`).
+    pub fn delay_ms(&self, attempt: u32, random: f64) -> f64 {
+        // 2^22 × 1 ms already passes an hour's cap; clamping the exponent keeps the power finite.
+        let ceiling =
+            (self.min_delay_ms * f64::from(1u32 << attempt.min(22))).min(self.max_delay_ms);
+        (ceiling * (1.0 - self.jitter + self.jitter * random.clamp(0.0, 1.0))).floor()
+    }
+}
+
+/// The default [`Backoff`]'s delay: full jitter between 0 and min(cap, start × 2^attempt).
 pub fn backoff_ms(attempt: u32, random: f64) -> f64 {
-    // 2^6 × 500 ms already passes the cap; clamping the exponent keeps the power finite.
-    let ceiling = (BACKOFF_START_MS * f64::from(1u32 << attempt.min(16))).min(BACKOFF_CAP_MS);
-    (ceiling * random.clamp(0.0, 1.0)).floor()
+    Backoff::default().delay_ms(attempt, random)
 }
 
 /// How long to wait before the next connection attempt after a close handled by `action`.
 /// `retry_after_ms` is what the last SERVER_RESTARTING notice of that socket asked for.
 pub fn reconnect_delay_ms(
+    backoff: &Backoff,
     action: CloseAction,
     attempt: u32,
     random: f64,
     retry_after_ms: Option<f64>,
 ) -> f64 {
-    let jitter = backoff_ms(attempt, random);
+    let jitter = backoff.delay_ms(attempt, random);
     match action {
         // Without the notice (the server died before sending it) a restart is any lost link.
         CloseAction::ReconnectAfterRestart => retry_after_ms.unwrap_or(0.0) + jitter,

@@ -524,6 +524,198 @@ describe("scripted server", () => {
       assert.equal(code, "NETWORK_ERROR");
     }));
 
+  test("vote() times out with VOTE_TIMEOUT and its key, and a retry under that key is the same vote", () =>
+    withPage(async (page) => {
+      const requests = [];
+      await page.route("**/api/events/*/votes", async (route) => {
+        const request = route.request();
+        requests.push(request.headers()["idempotency-key"]);
+        // The first request hangs (a server that committed the vote but whose answer is lost);
+        // the retry is answered.
+        if (requests.length === 1) return;
+        return route.fulfill({ status: 200, contentType: "application/json", body: '{"balance":990,"totals":{"yes":1,"no":0}}' });
+      });
+      const result = await page.evaluate(async () => {
+        await startLive();
+        const started = Date.now();
+        const timedOut = await client.vote(EVENT_A, "yes", 1, { timeoutMs: 300 }).catch((error) => ({
+          typed: error instanceof livevote.LivevoteError,
+          code: error.code,
+          key: error.idempotencyKey,
+          afterMs: Date.now() - started,
+        }));
+        const retried = await client.vote(EVENT_A, "yes", 1, { idempotencyKey: timedOut.key });
+        const refused = await client.vote(EVENT_A, "yes", 1, { timeoutMs: 0 }).catch((error) => error.code);
+        return { timedOut, retried: retried.balance, refused };
+      });
+      assert.equal(result.timedOut.typed, true);
+      assert.equal(result.timedOut.code, "VOTE_TIMEOUT");
+      assert.ok(result.timedOut.afterMs >= 290 && result.timedOut.afterMs < 3_000, `timed out after ${result.timedOut.afterMs} ms`);
+      assert.match(result.timedOut.key, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      assert.equal(result.retried, 990);
+      assert.deepEqual(requests, [result.timedOut.key, result.timedOut.key], "the retry went out under the same key");
+      assert.equal(result.refused, "INVALID_OPTIONS");
+    }));
+
+  test("vote() with an AbortSignal rejects with ABORTED; an aborted signal sends nothing", () =>
+    withPage(async (page) => {
+      let requests = 0;
+      await page.route("**/api/events/*/votes", () => {
+        requests++; // never answered: only the abort ends the wait
+      });
+      const result = await page.evaluate(async () => {
+        await startLive();
+        const controller = new AbortController();
+        const pending = client.vote(EVENT_A, "yes", 1, { signal: controller.signal, timeoutMs: 60_000 }).catch((error) => ({
+          code: error.code,
+          key: typeof error.idempotencyKey,
+          cause: error.cause,
+        }));
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        controller.abort("the viewer left");
+        const aborted = await pending;
+        const early = await client.vote(EVENT_A, "yes", 1, { signal: AbortSignal.abort() }).catch((error) => error.code);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        return { aborted, early };
+      });
+      assert.deepEqual(result.aborted, { code: "ABORTED", key: "string", cause: "the viewer left" });
+      assert.equal(result.early, "ABORTED");
+      assert.equal(requests, 1, "the already-aborted vote sent no request");
+    }));
+
+  test("reconnect options set the backoff (no jitter: exact delays, doubling to the cap); bad ones are refused", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        const first = await startLive({ reconnect: { minDelayMs: 300, maxDelayMs: 500, jitter: 0 } });
+        const waits = [];
+        let socket = first;
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const closedAt = Date.now();
+          socket.serverClose(1006);
+          waits.push(client.status().retryAt - closedAt);
+          const count = FakeWebSocket.sockets.length;
+          socket = await waitFor(() => FakeWebSocket.sockets[count], "the next socket", 5_000);
+        }
+        client.close();
+        const refused = [];
+        for (const reconnect of [{ jitter: 2 }, { minDelayMs: 0 }, { minDelayMs: 1000, maxDelayMs: 10 }, { maxDelayMs: "20s" }, 5]) {
+          refused.push(
+            await livevote
+              .connect({ url: location.origin, token: "t", WebSocket: FakeWebSocket, reconnect })
+              .then(() => "connected", (error) => [error.code, error.message]),
+          );
+        }
+        return { waits, refused, sockets: FakeWebSocket.sockets.length };
+      });
+      // Timers and Date.now() differ by a millisecond or two.
+      const near = (value, expected) => value >= expected - 5 && value <= expected + 5;
+      assert.ok(near(result.waits[0], 300) && near(result.waits[1], 500) && near(result.waits[2], 500), `waits ${result.waits}`);
+      assert.equal(result.refused[0][0], "INVALID_OPTIONS");
+      assert.match(result.refused[0][1], /jitter/);
+      assert.match(result.refused[1][1], /minDelayMs/);
+      assert.match(result.refused[2][1], /maxDelayMs/);
+      assert.match(result.refused[3][1], /maxDelayMs/);
+      assert.match(result.refused[4][1], /options\.reconnect must be an object/);
+      assert.equal(result.sockets, 4, "a refused client opens no socket");
+    }));
+
+  test("reconnect() after close() reopens: same channels resubscribed, old state stale until the new snapshot", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        const first = await startLive({ channels: [`user:${USER}`] });
+        client.close();
+        const closed = { state: client.status().state, ready: await client.ready().catch((error) => error.code) };
+        client.reconnect();
+        const second = await waitFor(() => FakeWebSocket.sockets[1], "a socket after reconnect()");
+        const reopening = { state: client.status().state, stale: client.store.getSnapshot().stale, eventStale: client.event(EVENT_A).stale };
+        second.open();
+        await waitFor(() => second.commands("subscribe").length > 0, "resubscribe");
+        const ready = client.ready();
+        await serveSnapshot(second, [created(EVENT_A), updated(EVENT_A, 1, { yes: 8, no: 1 })]);
+        await ready;
+        const live = { state: client.status().state, yes: client.event(EVENT_A).totals.yes, stale: client.store.getSnapshot().stale };
+        // Between attempts, reconnect() skips the wait.
+        second.serverClose(4000);
+        const waiting = client.status().state;
+        client.reconnect();
+        const third = FakeWebSocket.sockets[2];
+        return {
+          closed,
+          reopening,
+          subscribe: second.commands("subscribe"),
+          live,
+          firstClosedBy: first.closedByClient,
+          waiting,
+          third: third ? client.status().state : "no third socket",
+          ignored: client.reconnect() === undefined && FakeWebSocket.sockets.length === 3,
+        };
+      });
+      assert.deepEqual(result.closed, { state: "closed", ready: "CLIENT_CLOSED" });
+      assert.equal(result.firstClosedBy, 1000);
+      assert.deepEqual(result.reopening, { state: "connecting", stale: true, eventStale: true });
+      assert.deepEqual(result.subscribe, [{ action: "subscribe", channels: [`streamer:${STREAMER}`, `user:${USER}`] }]);
+      assert.deepEqual(result.live, { state: "live", yes: 8, stale: false });
+      assert.equal(result.waiting, "reconnecting");
+      assert.equal(result.third, "connecting", "reconnect() while waiting opens the next socket at once");
+      assert.ok(result.ignored, "reconnect() while connecting does nothing");
+    }));
+
+  test("debug: the option or localStorage's livevote:debug logs state changes, close codes and retry delays", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        const logs = [];
+        console.debug = (...parts) => logs.push(parts.map((part) => (typeof part === "object" && part ? { ...part, error: part.error && part.error.code } : part)));
+        const socket = await startLive({ debug: true, reconnect: { minDelayMs: 400, jitter: 0 } });
+        socket.serverClose(1006);
+        const second = await waitFor(() => FakeWebSocket.sockets[1], "a new socket");
+        second.open();
+        second.receive({ type: "SYSTEM_NOTICE", payload: { code: "MAINTENANCE", message: "soon" } });
+        second.serverClose(4003);
+        const withOption = logs.splice(0);
+        client.close();
+        // The flag alone turns it on; debug: false wins over it.
+        localStorage.setItem("livevote:debug", "1");
+        await startLive();
+        const withFlag = logs.splice(0).length;
+        client.close();
+        logs.length = 0;
+        await startLive({ debug: false });
+        const overridden = logs.length;
+        localStorage.removeItem("livevote:debug");
+        return { withOption, withFlag, overridden };
+      });
+      const lines = result.withOption;
+      assert.ok(lines.every((line) => line[0] === "livevote:"), JSON.stringify(lines));
+      const states = lines.filter((line) => typeof line[3] === "object").map((line) => line[1]);
+      assert.deepEqual(states.slice(0, 2), ["connecting", "live"]);
+      const reconnecting = lines.find((line) => line[1] === "reconnecting");
+      assert.equal(reconnecting[3].closeCode, 1006);
+      assert.match(reconnecting[2], /^retry in (39[5-9]|40\d) ms$/);
+      assert.ok(lines.some((line) => line[1] === "notice" && line[2] === "MAINTENANCE"));
+      const stopped = lines.find((line) => line[1] === "closed");
+      assert.deepEqual([stopped[3].closeCode, stopped[3].error], [4003, "FORBIDDEN"]);
+      assert.ok(result.withFlag >= 2, "localStorage livevote:debug turns logging on");
+      assert.equal(result.overridden, 0, "debug: false wins over the flag");
+    }));
+
+  test("the store topic hands listeners the new snapshot; store.subscribe calls at once (Svelte's contract)", () =>
+    withPage(async (page) => {
+      const result = await page.evaluate(async () => {
+        const socket = await startLive();
+        const received = [];
+        const off = client.on("store", (snapshot) => received.push(snapshot === client.store.getSnapshot() && snapshot.events[0].totals.yes));
+        const fromSubscribe = [];
+        const stop = client.store.subscribe((snapshot) => fromSubscribe.push(snapshot.events[0].totals.yes));
+        socket.receive(updated(EVENT_A, 2, { yes: 4, no: 1 }));
+        off();
+        stop();
+        socket.receive(updated(EVENT_A, 3, { yes: 5, no: 1 }));
+        return { received, fromSubscribe };
+      });
+      assert.deepEqual(result.received, [4]);
+      assert.deepEqual(result.fromSubscribe, [3, 4], "at once with the current snapshot, then after the change");
+    }));
+
   test("close() leaves no timer, socket or page listener behind, even mid-reconnect", () =>
     withPage(async (page) => {
       const result = await page.evaluate(async () => {

@@ -347,6 +347,84 @@ describe("against the real server", () => {
     }
   });
 
+  test("a vote that timed out, retried under its idempotencyKey, counts once", async () => {
+    const server = await startServer({ database: join(work, "timeout.db") });
+    const streamerId = randomUUID();
+    try {
+      const event = await createEvent(server, streamerId);
+      const client = await openClient(server, { streamerId });
+      const { page } = client;
+      try {
+        await page.evaluate(() => client.ready());
+        // 1 ms is too short for any answer: whether the server counted the vote or not, the
+        // page cannot know, and a retry under the same key must settle it without a double debit.
+        const outcome = await page.evaluate(async (id) => {
+          const error = await client.vote(id, "yes", 3, { timeoutMs: 1 }).then(() => null, (error) => error);
+          const retried = await client.vote(id, "yes", 3, { idempotencyKey: error && error.idempotencyKey });
+          const again = await client.vote(id, "yes", 3, { idempotencyKey: error && error.idempotencyKey });
+          return { code: error && error.code, balances: [retried.balance, again.balance], yes: again.totals.yes };
+        }, event.id);
+        assert.equal(outcome.code, "VOTE_TIMEOUT");
+        assert.deepEqual(outcome.balances, [1000 - 3 * 10, 1000 - 3 * 10], "debited once");
+        assert.equal(outcome.yes, 3);
+        await until(page, (id) => client.event(id)?.totals.yes === 3 && client.balance() === 970, event.id);
+        const aborted = await page.evaluate(
+          (id) => client.vote(id, "yes", 1, { signal: AbortSignal.abort() }).catch((error) => error.code),
+          event.id,
+        );
+        assert.equal(aborted, "ABORTED");
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("close() then reconnect() resubscribes; debug logs the kill's close code and the backoff it chose", async () => {
+    const database = join(work, "reopen.db");
+    let server = await startServer({ database });
+    const streamerId = randomUUID();
+    const event = await createEvent(server, streamerId);
+    const client = await openClient(server, { streamerId, extraOptions: { debug: true, reconnect: { minDelayMs: 200, maxDelayMs: 400, jitter: 0 } } });
+    const { page } = client;
+    const logs = [];
+    const statuses = [];
+    page.on("console", (message) => {
+      if (message.type() !== "debug") return;
+      logs.push(message.text());
+      statuses.push(message.args()[3]?.jsonValue().catch(() => undefined));
+    });
+    try {
+      await page.evaluate(() => client.ready());
+      await page.evaluate(() => client.close());
+      assert.equal(await page.evaluate(() => client.status().state), "closed");
+      const voter = await token(server, "viewer");
+      await api(server, voter, "POST", `/api/events/${event.id}/votes`, { optionId: "no", votes: 2 });
+      await page.evaluate(() => client.reconnect());
+      await page.evaluate(() => client.ready());
+      // The vote made while closed arrives with the fresh snapshot of the reopened socket.
+      await until(page, (id) => client.event(id)?.totals.no === 2 && !client.event(id).stale, event.id);
+      assert.equal(await page.evaluate(() => window.socketsOpened), 2);
+      await server.kill();
+      await until(page, () => client.status().state === "reconnecting");
+      server = await startServer({ database, port: server.port });
+      await until(page, () => client.status().state === "live", undefined, 30_000);
+      await api(server, voter, "POST", `/api/events/${event.id}/votes`, { optionId: "yes", votes: 1 });
+      await until(page, (id) => client.event(id)?.totals.yes === 1, event.id);
+      const states = logs.map((line) => line.split(" ")[1]);
+      const closed = states.indexOf("closed");
+      assert.deepEqual(states.slice(closed, closed + 3), ["closed", "connecting", "live"], logs.join("\n"));
+      // The kill: no close frame (1006), then the configured 200 ms first delay, no jitter.
+      const killed = states.indexOf("reconnecting");
+      assert.match(logs[killed], /^livevote: reconnecting retry in (19\d|200) ms/, logs.join("\n"));
+      assert.equal((await statuses[killed]).closeCode, 1006);
+    } finally {
+      await client.close();
+      await server.stop();
+    }
+  });
+
   test("a file:// page (OBS browser source) loads the package and shows live data", async () => {
     const server = await startServer({ database: join(work, "file.db") });
     const streamerId = randomUUID();

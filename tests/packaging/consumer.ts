@@ -43,6 +43,12 @@ async function main(): Promise<void> {
     console.log(snapshot.stale, snapshot.events.length, snapshot.balance, snapshot.channels["streamer:x"]);
   });
   unsubscribe();
+  // The store topic and Svelte's store contract: listeners get the snapshot.
+  const offStore: () => void = client.on("store", (snapshot: Snapshot) => console.log(snapshot.status.state));
+  offStore();
+  client.store.subscribe((snapshot: Snapshot) => console.log(snapshot.events.length))();
+  // @ts-expect-error: a store listener gets a snapshot, not an event
+  client.on("store", (event: EventState) => console.log(event.title));
   client.subscribe("game:0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e");
   client.unsubscribe(["game:0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"]);
   try {
@@ -51,13 +57,31 @@ async function main(): Promise<void> {
   } catch (error) {
     if (error instanceof LivevoteError && error.code === "INSUFFICIENT_BALANCE") console.log(error.status);
   }
+  try {
+    await client.vote("3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01", "yes", 1, { timeoutMs: 5_000, signal: new AbortController().signal });
+  } catch (error) {
+    if (error instanceof LivevoteError && (error.code === "VOTE_TIMEOUT" || error.code === "ABORTED")) {
+      const key: string | undefined = error.idempotencyKey;
+      await client.vote("3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01", "yes", 1, { idempotencyKey: key });
+    }
+  }
+  // @ts-expect-error: timeoutMs is a number of milliseconds
+  await client.vote("3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01", "yes", 1, { timeoutMs: "5s" });
   const first: EventState | undefined = client.event("3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01");
   console.log(first?.closesAt, client.events().length, client.balance(), client.status().state, client.serverNow());
   await client.ready();
   client.close();
+  client.reconnect();
 
-  const other = await connectWithUrl({ url: "http://127.0.0.1:8080", token: "t" });
+  const other = await connectWithUrl({
+    url: "http://127.0.0.1:8080",
+    token: "t",
+    debug: true,
+    reconnect: { minDelayMs: 250, maxDelayMs: 10_000, jitter: 0.5 },
+  });
   other.close();
+  // @ts-expect-error: jitter is a share from 0 to 1
+  await connect({ url: "http://127.0.0.1:8080", token: "t", reconnect: { jitter: "full" } });
 
   // @ts-expect-error: unknown topic
   client.on("nope", () => {});
