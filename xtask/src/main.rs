@@ -8,7 +8,6 @@ mod npm;
 mod packaging;
 mod supply_chain;
 mod test;
-#[allow(dead_code)] // wired into `test` once the SDK client is split
 mod tidy;
 mod tools;
 

@@ -45,6 +45,7 @@ fn steps() -> Vec<Step> {
             crate::supply_chain::ensure_cargo_deny()
         }),
         cargo_step("fmt", &["fmt", "--all", "--", "--check"]),
+        step("tidy", crate::tidy::run),
         step("supply chain", crate::supply_chain::run),
         cargo_step(
             "clippy",
@@ -70,8 +71,18 @@ fn steps() -> Vec<Step> {
                 "warnings",
             ],
         ),
-        // The default members: every native crate. The SDK only builds for wasm32; its tests
-        // run in Chromium in the "sdk tests" step.
+        // Broken intra-doc links and malformed docs fail the build, not a later reader.
+        step("docs", |root| {
+            tools::run(
+                tools::cargo()
+                    .args(["doc", "--no-deps", "--workspace"])
+                    .env("RUSTDOCFLAGS", "-D warnings")
+                    .current_dir(root),
+            )
+        }),
+        // The default members: every native crate but the SDK, whose native tests (merge,
+        // backoff, clock, channels against the fixtures) run with its Chromium tests in the
+        // "sdk tests" step.
         cargo_step("cargo test", &["test"]),
         cargo_step(
             "protocol (wasm32)",
