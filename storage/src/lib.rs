@@ -9,11 +9,30 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livevote_protocol::{Event, EventResult, EventStatus, Totals};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 mod batch;
+mod codec;
 pub mod ledger;
+pub mod postgres;
 pub mod sqlite;
+
+/// Counts every SQL statement the store executes, reads and writes alike.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueryCounter(Arc<AtomicU64>);
+
+impl QueryCounter {
+    pub(crate) fn add(&self, statements: u64) {
+        self.0.fetch_add(statements, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// An event as stored, with everything the API and the snapshots need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,8 +199,9 @@ pub enum Unavailable {
     /// the same Idempotency-Key is safe either way).
     #[error("no answer within the deadline")]
     DeadlineExceeded,
-    /// Another connection holds the database's write lock for longer than the store waits.
-    #[error("the database is locked by another connection")]
+    /// Another connection (another node) holds the database's write lock for longer than the
+    /// store waits, or the database cannot be reached at all (a Postgres restarting).
+    #[error("the database is locked by another connection or cannot be reached")]
     DatabaseBusy,
     /// The writer task has stopped; nothing more can be written.
     #[error("the storage writer has stopped")]
@@ -190,7 +210,7 @@ pub enum Unavailable {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if sqlite::is_busy(&error) {
+        if sqlite::is_busy(&error) || postgres::is_unavailable(&error) {
             return StoreError::Unavailable(Unavailable::DatabaseBusy);
         }
         StoreError::Database(error.to_string())

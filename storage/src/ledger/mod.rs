@@ -425,6 +425,37 @@ fn entry_version(id: i64) -> u64 {
     u64::try_from(id).unwrap_or(0)
 }
 
+/// Refuses a vote that breaks a rule the trait leaves to its caller (at least one vote, an
+/// initial balance of at least 0), before it reaches a writer.
+pub fn check_vote_call(command: &VoteCommand) -> Result<(), StoreError> {
+    if command.votes == 0 {
+        return Err(precondition("a vote request casts at least one vote"));
+    }
+    if command.initial_balance < 0 {
+        return Err(precondition("the initial balance cannot be negative"));
+    }
+    Ok(())
+}
+
+/// Refuses a credit that breaks a rule the trait leaves to its caller (at least 1, an initial
+/// balance of at least 0), before it reaches a writer.
+pub fn check_credit_call(command: &CreditCommand) -> Result<(), StoreError> {
+    if command.amount < 1 {
+        return Err(precondition("a credit is at least 1"));
+    }
+    if command.initial_balance < 0 {
+        return Err(precondition("the initial balance cannot be negative"));
+    }
+    Ok(())
+}
+
+/// The caller broke a rule the trait leaves to it (the server validates requests first): a bug
+/// on the server's side, so it is reported like a database failure rather than as a client's
+/// mistake, and nothing is written.
+fn precondition(rule: &str) -> StoreError {
+    StoreError::Database(format!("invalid store call: {rule}"))
+}
+
 /// The answer to a creation whose id is taken: the same event again, or a conflict.
 pub fn compare_existing(
     existing: &EventRecord,
