@@ -17,7 +17,7 @@
 //! by itself once Postgres is back.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Postgres, QueryBuilder, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::batch::{Command, Queue, Writer};
+use crate::batch::{until, Command, Queue, Writer};
 use crate::ledger::{check_credit_call, check_vote_call};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
@@ -58,6 +58,8 @@ pub struct PostgresStore {
     writer: JoinHandle<()>,
     readers: PgPool,
     queries: QueryCounter,
+    /// How long `ready` waits for a reader connection, as for the writer's probe.
+    ready_deadline: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -107,6 +109,7 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
 
+        let ready_deadline = writer_options.ready_deadline;
         let (commands, receiver) = Queue::new(writer_options);
         let backend = PostgresBackend::new(connection, options, queries.clone());
         let writer = tokio::spawn(Writer::new(backend).run(receiver));
@@ -115,6 +118,7 @@ impl PostgresStore {
             writer,
             readers,
             queries,
+            ready_deadline,
         })
     }
 
@@ -150,9 +154,15 @@ impl Store for PostgresStore {
         if self.writer.is_finished() {
             return Err(StoreError::Unavailable(Unavailable::WriterStopped));
         }
+        // The writer's probe first: concurrent calls share it only if they reach it together,
+        // which waiting for reader connections one by one would spread apart.
+        self.commands.ready().await?;
         self.queries.add(1);
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
-        self.commands.ready().await
+        let deadline = Instant::now() + self.ready_deadline;
+        match until(deadline, sqlx::query("SELECT 1").execute(&self.readers)).await {
+            Some(answered) => answered.map(drop).map_err(StoreError::from),
+            None => Err(StoreError::Unavailable(Unavailable::DeadlineExceeded)),
+        }
     }
 
     async fn ensure_user(&self, user_id: Uuid, initial_balance: i64) -> Result<i64, StoreError> {
