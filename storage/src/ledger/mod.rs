@@ -65,24 +65,30 @@ pub struct Changes {
 pub struct NewEntry {
     /// Grows with every entry, across users.
     pub id: i64,
+    /// Whose entry it is.
     pub user_id: Uuid,
     /// Positive for credits, negative for debits.
     pub amount: i64,
     /// The user's balance after this entry.
     pub balance: i64,
+    /// Why the balance changed.
     pub kind: LedgerEntryKind,
     /// For vote debits: what the votes went to.
     pub vote: Option<VoteTarget>,
     /// For admin credits: the admin's reason.
     pub reason: Option<String>,
+    /// When the entry was made.
     pub created_at: DateTime<Utc>,
 }
 
 /// What a vote debit bought.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoteTarget {
+    /// The event voted on.
     pub event_id: Uuid,
+    /// The option voted for.
     pub option_id: String,
+    /// How many votes.
     pub votes: i64,
 }
 

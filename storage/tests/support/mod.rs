@@ -66,7 +66,7 @@ pub struct TestDatabase {
 
 enum Kind {
     Sqlite(TempDir),
-    Postgres(PostgresDatabase),
+    Postgres(Box<PostgresDatabase>),
 }
 
 impl TestDatabase {
@@ -88,7 +88,7 @@ impl TestDatabase {
         let database = PostgresDatabase::create().await?;
         Some(TestDatabase {
             url: database.url.clone(),
-            kind: Kind::Postgres(database),
+            kind: Kind::Postgres(Box::new(database)),
         })
     }
 
