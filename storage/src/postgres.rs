@@ -47,6 +47,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Longest a statement waits for a lock another node holds (the write lock above all) before
 /// the batch is answered unavailable: the counterpart of SQLite's busy timeout.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock key that lets one node at a time purge expired idempotency keys. Taken with
+/// `pg_try_advisory_xact_lock`, so it ends with its transaction (safe on pooled or lost
+/// connections), and a node that does not get it skips the purge: another is doing it.
+pub const PURGE_LOCK: i64 = 0x6c69_7665_766f_7465; // "livevote" in ASCII
+
 /// Longest any one statement may run, so that a writer can never hang on one.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections per node.

@@ -214,3 +214,112 @@ async fn the_ledger_refuses_update_delete_and_truncate() {
     );
     store.close().await;
 }
+
+/// Postgres ends the writer's and readers' connections (a restart, a failover, an idle
+/// timeout): the calls in flight are answered unavailable or succeed, never half-applied, and
+/// the store reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_connections_are_killed_reconnects() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = database.connect().await;
+    let user_id = Uuid::new_v4();
+    store.ensure_user(user_id, 100).await.unwrap();
+    let event = open_event(&store, 1).await;
+    store
+        .cast_vote(vote(user_id, &event, "a", 1))
+        .await
+        .unwrap();
+
+    let mut accepted = 1;
+    for _ in 0..3 {
+        let killed = database
+            .numbers(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()) AS killed",
+            )
+            .await;
+        assert!(killed[0] >= 1, "the store's connections were found");
+        let mut answered = false;
+        for _ in 0..50 {
+            match store.cast_vote(vote(user_id, &event, "a", 1)).await {
+                Ok(_) => {
+                    accepted += 1;
+                    answered = true;
+                    break;
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("a lost connection answered {other:?}"),
+            }
+        }
+        assert!(answered, "the store never reconnected");
+    }
+    store.ready().await.expect("ready again");
+    assert_eq!(store.balance(user_id).await.unwrap(), Some(100 - accepted));
+    let record = store.get_event(event.id).await.unwrap().unwrap();
+    assert_eq!(record.totals["a"], accepted as u64);
+    store.close().await;
+    database.audit().await;
+}
+
+/// Expired keys are purged by one node at a time: while another holds the purge lock, a
+/// starting store leaves them; the next purge without a holder removes them.
+#[tokio::test]
+async fn one_node_at_a_time_purges_expired_keys() {
+    use sqlx::Connection;
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = database.connect().await;
+    let user_id = Uuid::new_v4();
+    store.ensure_user(user_id, 10).await.unwrap();
+    store.close().await;
+    let two_days_ago = (chrono::Utc::now() - chrono::Duration::days(2))
+        .timestamp_nanos_opt()
+        .unwrap();
+    database
+        .execute(&format!(
+            "INSERT INTO idempotency_keys (scope, key, kind, fingerprint, response, created_at) \
+             VALUES ('{user_id}', 'old', 'vote', decode(repeat('00', 32), 'hex'), \
+             '{{\"balance\":1,\"totals\":{{}},\"seq\":1}}', {two_days_ago})"
+        ))
+        .await;
+
+    // Another node is purging: it holds the lock.
+    let mut other = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(livevote_storage::postgres::PURGE_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let store = database.connect().await;
+    store.ready().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        database
+            .numbers("SELECT count(*) FROM idempotency_keys")
+            .await,
+        vec![1],
+        "a purge ran while another node held the lock"
+    );
+    store.close().await;
+    other.close().await.unwrap();
+
+    // Nobody holds it: a starting store purges.
+    let store = database.connect().await;
+    let mut remaining = vec![1];
+    for _ in 0..100 {
+        remaining = database
+            .numbers("SELECT count(*) FROM idempotency_keys")
+            .await;
+        if remaining == [0] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(remaining, vec![0]);
+    store.close().await;
+}

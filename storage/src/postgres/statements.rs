@@ -33,9 +33,7 @@ use crate::{EventRecord, QueryCounter, StoreError, Unavailable};
 const KEY_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 /// Expired keys deleted per transaction, so that a purge never holds locks for long.
 const PURGE_ROWS: i64 = 10_000;
-/// The advisory lock that lets one node at a time purge expired keys. Transaction-scoped, so
-/// it cannot outlive its transaction on a pooled or lost connection.
-const PURGE_LOCK: i64 = 0x6c69_7665_766f_7465; // "livevote"
+use super::PURGE_LOCK;
 /// Longest the writer waits to (re)open its connection before the batch is answered
 /// unavailable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
