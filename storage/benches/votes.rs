@@ -133,7 +133,7 @@ enum Database {
     Postgres {
         name: String,
         url: String,
-        admin: sqlx::postgres::PgConnectOptions,
+        admin: Box<sqlx::postgres::PgConnectOptions>,
     },
 }
 
@@ -150,7 +150,11 @@ impl Database {
             .expect("create the benchmark's database");
         connection.close().await.ok();
         let url = admin.clone().database(&name).to_url_lossy().to_string();
-        Database::Postgres { name, url, admin }
+        Database::Postgres {
+            name,
+            url,
+            admin: Box::new(admin),
+        }
     }
 
     async fn connect(&self) -> Arc<dyn Store> {
