@@ -7,8 +7,9 @@
 //! to commit. Every statement after it (READ COMMITTED) sees what that batch committed, and
 //! `generation` tells whether anyone else committed since this writer's own last batch; if so,
 //! the cache is dropped before anything is checked, as SQLite's store does with
-//! `PRAGMA data_version`. Rows are written with one `UNNEST` statement per table, so that the
-//! statement text (and its prepared plan) is the same for every batch size.
+//! `PRAGMA data_version`. A batch's rows are written by one statement over `UNNEST`ed arrays,
+//! so that its text (and prepared plan) is the same for every batch size and a batch costs
+//! the same few round trips however many commands it carries.
 //!
 //! The connection is opened again when it was lost (Postgres restarted, a network cut): a
 //! failed batch drops it, and the next batch reconnects.
@@ -123,7 +124,9 @@ impl Backend for PostgresBackend {
         self.reconnect().await?;
         let connection = open(&mut self.connection)?;
         sqlx::query("BEGIN").execute(&mut *connection).await?;
-        // The write lock, waited for at most lock_timeout.
+        // The write lock, waited for at most lock_timeout. Everything else is read by later
+        // statements: this one's snapshot was taken before it waited for the lock, so a
+        // subquery here would miss what the previous holder committed.
         let generation: i64 = sqlx::query_scalar(
             "UPDATE writer_lock SET generation = generation + 1 RETURNING generation",
         )
@@ -262,103 +265,49 @@ impl Backend for PostgresBackend {
         row.as_ref().map(event_from_row).transpose()
     }
 
-    /// Writes everything the batch changed, one `UNNEST` statement per table, then commits.
+    /// Writes everything the batch changed in one statement (a data-modifying `WITH` per
+    /// table, each over `UNNEST`ed arrays, so that its text and plan are the same for every
+    /// batch), then commits: two round trips however large the batch.
     async fn commit(&mut self, ledger: &Ledger, changes: &Changes) -> Result<(), StoreError> {
         let now = to_nanos(changes.now)?;
-        let queries = self.queries.clone();
-        let connection = self.open()?;
-
-        // Users first: ledger entries refer to them.
-        if !changes.new_users.is_empty() {
-            queries.add(1);
-            sqlx::query(
-                "INSERT INTO users (user_id, created_at) SELECT user_id, $2 \
-                 FROM UNNEST($1::uuid[]) AS batch (user_id)",
-            )
-            .bind(&changes.new_users)
-            .bind(now)
-            .execute(&mut *connection)
-            .await?;
+        let count = changes.entries.len();
+        let mut entry_ids = Vec::with_capacity(count);
+        let mut entry_users = Vec::with_capacity(count);
+        let mut amounts = Vec::with_capacity(count);
+        let mut balances = Vec::with_capacity(count);
+        let mut entry_kinds = Vec::with_capacity(count);
+        let mut vote_events = Vec::with_capacity(count);
+        let mut vote_options = Vec::with_capacity(count);
+        let mut votes = Vec::with_capacity(count);
+        let mut reasons = Vec::with_capacity(count);
+        let mut created = Vec::with_capacity(count);
+        for entry in &changes.entries {
+            let vote = entry.vote.as_ref();
+            entry_ids.push(entry.id);
+            entry_users.push(entry.user_id);
+            amounts.push(entry.amount);
+            balances.push(entry.balance);
+            entry_kinds.push(kind_name(entry.kind));
+            vote_events.push(vote.map(|vote| vote.event_id));
+            vote_options.push(vote.map(|vote| vote.option_id.as_str()));
+            votes.push(vote.map(|vote| vote.votes));
+            reasons.push(entry.reason.as_deref());
+            created.push(to_nanos(entry.created_at)?);
         }
-        if !changes.entries.is_empty() {
-            let count = changes.entries.len();
-            let mut ids = Vec::with_capacity(count);
-            let mut users = Vec::with_capacity(count);
-            let mut amounts = Vec::with_capacity(count);
-            let mut balances = Vec::with_capacity(count);
-            let mut kinds = Vec::with_capacity(count);
-            let mut events = Vec::with_capacity(count);
-            let mut options = Vec::with_capacity(count);
-            let mut votes = Vec::with_capacity(count);
-            let mut reasons = Vec::with_capacity(count);
-            let mut created = Vec::with_capacity(count);
-            for entry in &changes.entries {
-                let vote = entry.vote.as_ref();
-                ids.push(entry.id);
-                users.push(entry.user_id);
-                amounts.push(entry.amount);
-                balances.push(entry.balance);
-                kinds.push(kind_name(entry.kind));
-                events.push(vote.map(|vote| vote.event_id));
-                options.push(vote.map(|vote| vote.option_id.as_str()));
-                votes.push(vote.map(|vote| vote.votes));
-                reasons.push(entry.reason.as_deref());
-                created.push(to_nanos(entry.created_at)?);
-            }
-            queries.add(1);
-            sqlx::query(
-                "INSERT INTO ledger (id, user_id, amount, balance, kind, event_id, option_id, \
-                 votes, reason, created_at) \
-                 SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], \
-                 $6::uuid[], $7::text[], $8::int8[], $9::text[], $10::int8[])",
-            )
-            .bind(&ids)
-            .bind(&users)
-            .bind(&amounts)
-            .bind(&balances)
-            .bind(&kinds)
-            .bind(&events)
-            .bind(&options)
-            .bind(&votes)
-            .bind(&reasons)
-            .bind(&created)
-            .execute(&mut *connection)
-            .await?;
-        }
-        if !changes.dirty_events.is_empty() {
-            let mut ids = Vec::with_capacity(changes.dirty_events.len());
-            let mut totals = Vec::with_capacity(changes.dirty_events.len());
-            let mut seqs = Vec::with_capacity(changes.dirty_events.len());
-            for event_id in &changes.dirty_events {
-                let record = ledger.event(*event_id).ok_or_else(|| {
-                    StoreError::Database(format!("event {event_id} left the cache mid-batch"))
-                })?;
-                ids.push(*event_id);
-                totals.push(to_json(&record.totals)?);
-                seqs.push(seq_column(record.seq)?);
-            }
-            queries.add(1);
-            // Only open rows: the writer lock makes a closed one impossible here, and if it ever
-            // were, the batch must fail rather than count votes into a closed event.
-            let updated = sqlx::query(
-                "UPDATE events SET totals = batch.totals, seq = batch.seq \
-                 FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) AS batch (id, totals, seq) \
-                 WHERE events.id = batch.id AND events.status = 'open'",
-            )
-            .bind(&ids)
-            .bind(&totals)
-            .bind(&seqs)
-            .execute(&mut *connection)
-            .await?;
-            if updated.rows_affected() != ids.len() as u64 {
-                return Err(StoreError::Database(
-                    "an event this batch voted on was closed by another connection".to_owned(),
-                ));
-            }
+        let mut event_ids = Vec::with_capacity(changes.dirty_events.len());
+        let mut totals = Vec::with_capacity(changes.dirty_events.len());
+        let mut seqs = Vec::with_capacity(changes.dirty_events.len());
+        for event_id in &changes.dirty_events {
+            let record = ledger.event(*event_id).ok_or_else(|| {
+                StoreError::Database(format!("event {event_id} left the cache mid-batch"))
+            })?;
+            event_ids.push(*event_id);
+            totals.push(to_json(&record.totals)?);
+            seqs.push(seq_column(record.seq)?);
         }
         let mut scopes = Vec::new();
         let mut keys = Vec::new();
-        let mut kinds = Vec::new();
+        let mut answer_kinds = Vec::new();
         let mut fingerprints = Vec::new();
         let mut responses = Vec::new();
         for ((scope, key), answer) in &changes.answers {
@@ -366,31 +315,68 @@ impl Backend for PostgresBackend {
                 let (kind, response) = answer_to_columns(&answer.response)?;
                 scopes.push(*scope);
                 keys.push(key.as_str());
-                kinds.push(kind);
+                answer_kinds.push(kind);
                 fingerprints.push(answer.fingerprint.as_bytes().to_vec());
                 responses.push(response);
             }
         }
-        if !scopes.is_empty() {
-            queries.add(1);
-            // No ON CONFLICT: the writer lock means no other writer can have stored one of these
-            // keys since this batch read them, and if one had, failing the batch is right.
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, kind, fingerprint, response, created_at) \
-                 SELECT scope, key, kind, fingerprint, response, $6 FROM UNNEST($1::uuid[], \
-                 $2::text[], $3::text[], $4::bytea[], $5::text[]) \
-                 AS batch (scope, key, kind, fingerprint, response)",
-            )
-            .bind(&scopes)
-            .bind(&keys)
-            .bind(&kinds)
-            .bind(&fingerprints)
-            .bind(&responses)
-            .bind(now)
-            .execute(&mut *connection)
-            .await?;
+
+        let queries = self.queries.clone();
+        let connection = self.open()?;
+        queries.add(2);
+        // Users before the entries that refer to them: foreign keys are checked at the end of
+        // the statement. Events only while open: the writer lock makes a closed one impossible
+        // here, and if it ever were, the batch must fail rather than count votes into a closed
+        // event. Keys without ON CONFLICT: no other writer can have stored one of these since
+        // this batch read them under the lock, and if one had, failing the batch is right.
+        let updated_events: i64 = sqlx::query_scalar(
+            "WITH new_users AS ( \
+                 INSERT INTO users (user_id, created_at) \
+                 SELECT user_id, $1 FROM UNNEST($2::uuid[]) AS batch (user_id)), \
+             new_entries AS ( \
+                 INSERT INTO ledger (id, user_id, amount, balance, kind, event_id, option_id, \
+                 votes, reason, created_at) \
+                 SELECT * FROM UNNEST($3::int8[], $4::uuid[], $5::int8[], $6::int8[], \
+                 $7::text[], $8::uuid[], $9::text[], $10::int8[], $11::text[], $12::int8[])), \
+             new_keys AS ( \
+                 INSERT INTO idempotency_keys (scope, key, kind, fingerprint, response, \
+                 created_at) \
+                 SELECT scope, key, kind, fingerprint, response, $1 FROM UNNEST($13::uuid[], \
+                 $14::text[], $15::text[], $16::bytea[], $17::text[]) \
+                 AS batch (scope, key, kind, fingerprint, response)), \
+             updated AS ( \
+                 UPDATE events SET totals = batch.totals, seq = batch.seq \
+                 FROM UNNEST($18::uuid[], $19::text[], $20::int8[]) AS batch (id, totals, seq) \
+                 WHERE events.id = batch.id AND events.status = 'open' RETURNING 1) \
+             SELECT count(*) FROM updated",
+        )
+        .bind(now)
+        .bind(&changes.new_users)
+        .bind(&entry_ids)
+        .bind(&entry_users)
+        .bind(&amounts)
+        .bind(&balances)
+        .bind(&entry_kinds)
+        .bind(&vote_events)
+        .bind(&vote_options)
+        .bind(&votes)
+        .bind(&reasons)
+        .bind(&created)
+        .bind(&scopes)
+        .bind(&keys)
+        .bind(&answer_kinds)
+        .bind(&fingerprints)
+        .bind(&responses)
+        .bind(&event_ids)
+        .bind(&totals)
+        .bind(&seqs)
+        .fetch_one(&mut *connection)
+        .await?;
+        if updated_events != event_ids.len() as i64 {
+            return Err(StoreError::Database(
+                "an event this batch voted on was closed by another connection".to_owned(),
+            ));
         }
-        queries.add(1);
         sqlx::query("COMMIT").execute(&mut *connection).await?;
         Ok(())
     }
