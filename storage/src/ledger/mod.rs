@@ -1,8 +1,8 @@
 //! The ledger's rules, apart from any database: what each write command may do and answers,
 //! given the state it sees. A store loads that state ([`Ledger`]), runs its commands through
 //! these rules one after the other in arrival order, writes what they produced ([`Changes`])
-//! and answers after its commit. SQLite does that in [`crate::sqlite`]; a Postgres store runs
-//! the same rules with its own statements.
+//! and answers after its commit. SQLite does that in [`crate::sqlite`], Postgres in
+//! [`crate::postgres`], each with its own statements.
 //!
 //! The rules: a vote costs `votes × costPerVote` and is refused, with nothing written, when the
 //! balance is smaller, the event is unknown, closed or past its `closesAt`, or the option is not
