@@ -8,7 +8,8 @@
 //! `postgres` runs the same on a Postgres database created for the run and dropped after it
 //! (server from `LIVEVOTE_BENCH_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), and `nodes=N` spreads the tasks over N stores
-//! on the one database, as N server processes would be.
+//! on the one database, as N server processes would be; `tasks=N` sets the number of
+//! concurrent callers (64).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use livevote_storage::{IdempotencyKey, Store, VoteCommand};
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
+/// Concurrent callers, each waiting for its answer before the next vote (`tasks=N` changes it).
 const TASKS: u64 = 64;
 const USERS: usize = 1_000;
 const EVENTS: usize = 10;
@@ -49,6 +51,11 @@ async fn main() {
         .iter()
         .find_map(|argument| argument.strip_prefix("nodes=")?.parse().ok())
         .unwrap_or(1usize)
+        .max(1);
+    let tasks = arguments
+        .iter()
+        .find_map(|argument| argument.strip_prefix("tasks=")?.parse().ok())
+        .unwrap_or(TASKS)
         .max(1);
     let postgres = arguments.iter().any(|argument| argument == "postgres");
     let directory = tempfile::tempdir().expect("temporary directory");
@@ -87,7 +94,7 @@ async fn main() {
     let events = Arc::new(events);
 
     println!(
-        "{votes} votes, {TASKS} tasks over {nodes} store(s), {USERS} users, {EVENTS} events, {}",
+        "{votes} votes, {tasks} tasks over {nodes} store(s), {USERS} users, {EVENTS} events, {}",
         match &database {
             Database::Sqlite(url) => format!("database file {url}"),
             Database::Postgres { name, .. } => format!("Postgres database {name}"),
@@ -95,7 +102,7 @@ async fn main() {
     );
     let mut accepted = 0;
     for with_keys in halves {
-        accepted += run(&stores, &users, &events, votes, with_keys).await;
+        accepted += run(&stores, &users, &events, votes, tasks, with_keys).await;
     }
 
     let mut counted = 0;
@@ -188,13 +195,14 @@ async fn run(
     users: &Arc<Vec<Uuid>>,
     events: &Arc<Vec<Uuid>>,
     votes: u64,
+    tasks: u64,
     with_keys: bool,
 ) -> u64 {
     let next = Arc::new(AtomicU64::new(0));
     let queries = || stores.iter().map(|store| store.query_count()).sum::<u64>();
     let queries_before = queries();
     let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
+    let tasks: Vec<_> = (0..tasks)
         .map(|task| {
             let store = stores[task as usize % stores.len()].clone();
             let (users, events, next) = (users.clone(), events.clone(), next.clone());
