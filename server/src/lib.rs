@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use livevote_storage::postgres::PostgresStore;
 use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{Store, StoreError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -58,10 +59,11 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
 
 /// [`start`] with a given clock (tests that pause tokio's time).
 pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, StartError> {
+    // `Config::finish` accepted only these two kinds of URL.
     let store: Arc<dyn Store> = if config.database_url.starts_with("sqlite:") {
         Arc::new(SqliteStore::connect(&config.database_url).await?)
     } else {
-        return Err(StartError::Unsupported("postgres storage"));
+        Arc::new(PostgresStore::connect(&config.database_url).await?)
     };
     if config.broker_url != "memory" {
         return Err(StartError::Unsupported("the redis broker"));

@@ -4,6 +4,12 @@
 //!
 //! Run: `cargo bench -p livevote-storage`; `cargo bench -p livevote-storage --bench votes --
 //! 50000 keyed` changes the count and runs only the half with keys (or `unkeyed`).
+//!
+//! `postgres` runs the same on a Postgres database created for the run and dropped after it
+//! (server from `LIVEVOTE_BENCH_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), and `nodes=N` spreads the tasks over N stores
+//! on the one database, as N server processes would be; `tasks=N` sets the number of
+//! concurrent callers (64).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use livevote_protocol::{Event, EventOption, Timestamp};
+use livevote_storage::postgres::PostgresStore;
 use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{IdempotencyKey, Store, VoteCommand};
+use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
+/// Concurrent callers, each waiting for its answer before the next vote (`tasks=N` changes it).
 const TASKS: u64 = 64;
 const USERS: usize = 1_000;
 const EVENTS: usize = 10;
@@ -38,9 +47,32 @@ async fn main() {
                 || only(if *with_keys { "keyed" } else { "unkeyed" })
         })
         .collect();
+    let nodes = arguments
+        .iter()
+        .find_map(|argument| argument.strip_prefix("nodes=")?.parse().ok())
+        .unwrap_or(1usize)
+        .max(1);
+    let tasks = arguments
+        .iter()
+        .find_map(|argument| argument.strip_prefix("tasks=")?.parse().ok())
+        .unwrap_or(TASKS)
+        .max(1);
+    let postgres = arguments.iter().any(|argument| argument == "postgres");
     let directory = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", directory.path().join("bench.db").display());
-    let store = Arc::new(SqliteStore::connect(&url).await.expect("open the database"));
+    let database = if postgres {
+        Database::postgres().await
+    } else {
+        Database::Sqlite(format!(
+            "sqlite://{}",
+            directory.path().join("bench.db").display()
+        ))
+    };
+    let mut stores = Vec::new();
+    for _ in 0..nodes {
+        stores.push(database.connect().await);
+    }
+    let stores = Arc::new(stores);
+    let store = stores[0].clone();
 
     let users: Arc<Vec<Uuid>> = Arc::new((0..USERS).map(|_| Uuid::new_v4()).collect());
     for user_id in users.iter() {
@@ -62,12 +94,15 @@ async fn main() {
     let events = Arc::new(events);
 
     println!(
-        "{votes} votes, {TASKS} tasks, {USERS} users, {EVENTS} events, database file in {}",
-        directory.path().display()
+        "{votes} votes, {tasks} tasks over {nodes} store(s), {USERS} users, {EVENTS} events, {}",
+        match &database {
+            Database::Sqlite(url) => format!("database file {url}"),
+            Database::Postgres { name, .. } => format!("Postgres database {name}"),
+        }
     );
     let mut accepted = 0;
     for with_keys in halves {
-        accepted += run(&store, &users, &events, votes, with_keys).await;
+        accepted += run(&stores, &users, &events, votes, tasks, with_keys).await;
     }
 
     let mut counted = 0;
@@ -93,26 +128,84 @@ async fn main() {
             "ledger sums to the balance"
         );
     }
-    match Arc::try_unwrap(store) {
-        Ok(store) => store.close().await,
-        Err(_) => unreachable!("every task has finished"),
+    drop(store);
+    drop(stores);
+    database.drop_if_created().await;
+}
+
+/// The database the run writes to.
+enum Database {
+    Sqlite(String),
+    /// Created for the run; `admin` is where it was created from.
+    Postgres {
+        name: String,
+        url: String,
+        admin: Box<sqlx::postgres::PgConnectOptions>,
+    },
+}
+
+impl Database {
+    async fn postgres() -> Database {
+        let admin_url = std::env::var("LIVEVOTE_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin: sqlx::postgres::PgConnectOptions = admin_url.parse().expect("a Postgres URL");
+        let mut connection = admin.connect().await.expect("connect to Postgres");
+        let name = format!("livevote_bench_{}", Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .expect("create the benchmark's database");
+        connection.close().await.ok();
+        let url = admin.clone().database(&name).to_url_lossy().to_string();
+        Database::Postgres {
+            name,
+            url,
+            admin: Box::new(admin),
+        }
+    }
+
+    async fn connect(&self) -> Arc<dyn Store> {
+        match self {
+            Database::Sqlite(url) => {
+                Arc::new(SqliteStore::connect(url).await.expect("open the database"))
+            }
+            Database::Postgres { url, .. } => Arc::new(
+                PostgresStore::connect(url)
+                    .await
+                    .expect("connect to the database"),
+            ),
+        }
+    }
+
+    async fn drop_if_created(self) {
+        if let Database::Postgres { name, admin, .. } = self {
+            // The stores' writers end once dropped; FORCE closes whatever is still connected.
+            let mut connection = admin.connect().await.expect("connect to Postgres");
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut connection)
+                .await
+                .expect("drop the benchmark's database");
+            connection.close().await.ok();
+        }
     }
 }
 
 async fn run(
-    store: &Arc<SqliteStore>,
+    stores: &Arc<Vec<Arc<dyn Store>>>,
     users: &Arc<Vec<Uuid>>,
     events: &Arc<Vec<Uuid>>,
     votes: u64,
+    tasks: u64,
     with_keys: bool,
 ) -> u64 {
     let next = Arc::new(AtomicU64::new(0));
-    let queries_before = store.query_count();
+    let queries = || stores.iter().map(|store| store.query_count()).sum::<u64>();
+    let queries_before = queries();
     let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|_| {
-            let (store, users, events, next) =
-                (store.clone(), users.clone(), events.clone(), next.clone());
+    let tasks: Vec<_> = (0..tasks)
+        .map(|task| {
+            let store = stores[task as usize % stores.len()].clone();
+            let (users, events, next) = (users.clone(), events.clone(), next.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 loop {
@@ -159,7 +252,7 @@ async fn run(
         cast as f64 / elapsed.as_secs_f64(),
         percentile(0.50),
         percentile(0.99),
-        (store.query_count() - queries_before) as f64 / cast as f64,
+        (queries() - queries_before) as f64 / cast as f64,
     );
     cast
 }

@@ -573,7 +573,10 @@ impl Queue {
 /// `future`'s output if it comes before `deadline` by the wall clock. Not by tokio's timer
 /// alone: under a paused test clock its time jumps ahead whenever the runtime idles, as it does
 /// while the database's thread works, and the deadline would pass at once.
-async fn until<F: std::future::Future>(deadline: Instant, future: F) -> Option<F::Output> {
+pub(crate) async fn until<F: std::future::Future>(
+    deadline: Instant,
+    future: F,
+) -> Option<F::Output> {
     tokio::pin!(future);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

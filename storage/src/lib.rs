@@ -1,10 +1,16 @@
 //! livevote's durable state behind one small trait, [`Store`]: events and their totals, votes,
 //! the append-only ledger with balances, and idempotency keys. [`sqlite::SqliteStore`] is the
-//! embedded implementation; a Postgres one is a second implementation of the same trait.
+//! embedded implementation; [`postgres::PostgresStore`] the one several nodes share.
 //!
 //! What a write may do is decided in one place, [`ledger`], which knows no SQL; the writer
 //! task that runs those rules in group-committed batches is generic over the database
-//! (`batch`); `sqlite` holds only SQLite's statements, connections and codecs.
+//! (`batch`); `sqlite` and `postgres` hold only their database's statements, connections and
+//! row readers, and `codec` the column encodings both use.
+
+#![warn(missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,21 +18,41 @@ use livevote_protocol::{Event, EventResult, EventStatus, Totals};
 use uuid::Uuid;
 
 mod batch;
+mod codec;
 pub mod ledger;
+pub mod postgres;
 pub mod sqlite;
+
+/// Counts every SQL statement the store executes, reads and writes alike.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueryCounter(Arc<AtomicU64>);
+
+impl QueryCounter {
+    pub(crate) fn add(&self, statements: u64) {
+        self.0.fetch_add(statements, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// An event as stored, with everything the API and the snapshots need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     /// The event exactly as created (its `closesAt` text as the server normalised it).
     pub event: Event,
+    /// When voting ends (the parsed `closesAt`).
     pub closes_at: DateTime<Utc>,
+    /// Open until closed, once.
     pub status: EventStatus,
     /// Votes per option; every option of the event has an entry, zero included.
     pub totals: Totals,
     /// Grows by one with every accepted vote request and once more at close.
     pub seq: u64,
+    /// The winner and final totals, once closed.
     pub result: Option<EventResult>,
+    /// When it closed, once closed.
     pub closed_at: Option<DateTime<Utc>>,
 }
 
@@ -42,9 +68,13 @@ pub enum CreateOutcome {
 /// A request to cast votes, already validated for shape (1–1000 votes) by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoteCommand {
+    /// The voter (from the token).
     pub user_id: Uuid,
+    /// The event voted on.
     pub event_id: Uuid,
+    /// One of the event's options.
     pub option_id: String,
+    /// How many votes, each costing the event's `costPerVote`.
     pub votes: u32,
     /// `Idempotency-Key` header and a fingerprint of the request (path and canonical body):
     /// a repeat with the same key and fingerprint replays the first answer.
@@ -56,16 +86,21 @@ pub struct VoteCommand {
     pub initial_balance: i64,
 }
 
+/// A request's `Idempotency-Key` and what identifies the request it was sent with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
+    /// The header's value, scoped to the caller.
     pub key: String,
+    /// The request's path and canonical body: the same key with another fingerprint is refused.
     pub fingerprint: String,
 }
 
 /// The answer to an accepted vote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoteReceipt {
+    /// The voter's balance after the vote.
     pub balance: i64,
+    /// The event's totals after the vote.
     pub totals: Totals,
     /// The event's `seq` after this vote.
     pub seq: u64,
@@ -80,25 +115,35 @@ pub struct VoteReceipt {
 /// A credit by an admin to a user's balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditCommand {
+    /// The admin crediting (idempotency keys are scoped to the admin).
     pub admin_id: Uuid,
+    /// Whose balance grows.
     pub user_id: Uuid,
+    /// At least 1.
     pub amount: i64,
+    /// The admin's reason, kept on the ledger entry.
     pub reason: String,
+    /// As in [`VoteCommand::idempotency`].
     pub idempotency: Option<IdempotencyKey>,
+    /// Credited first if the user is new to the ledger, as for a vote.
     pub initial_balance: i64,
 }
 
+/// The answer to an accepted credit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditReceipt {
+    /// The user's balance after the credit.
     pub balance: i64,
     /// As in [`VoteReceipt::balance_version`].
     pub balance_version: u64,
+    /// As in [`VoteReceipt::replayed`].
     pub replayed: bool,
 }
 
 /// What `close_event` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseOutcome {
+    /// The event as closed.
     pub record: EventRecord,
     /// True for exactly one caller per event, across every node: the one that closed it.
     pub newly_closed: bool,
@@ -107,18 +152,26 @@ pub struct CloseOutcome {
 /// One entry of the append-only ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
+    /// Whose entry it is.
     pub user_id: Uuid,
     /// Positive for credits, negative for debits.
     pub amount: i64,
+    /// Why the balance changed.
     pub kind: LedgerEntryKind,
+    /// For vote debits: the event voted on.
     pub event_id: Option<Uuid>,
+    /// When the entry was written.
     pub created_at: DateTime<Utc>,
 }
 
+/// Why a ledger entry changed a balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerEntryKind {
+    /// The balance a user gets when first seen (also when 0).
     InitialCredit,
+    /// Votes paid for.
     VoteDebit,
+    /// An admin's top-up.
     AdminCredit,
 }
 
@@ -150,18 +203,31 @@ pub struct EventPosition {
 /// mistake.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No event has this id.
     #[error("event not found")]
     NotFound,
+    /// An event with this id but another body exists.
     #[error("an event with this id but a different body already exists")]
     Conflict,
+    /// The event is closed, or its `closesAt` has passed.
     #[error("the event is closed")]
     EventClosed,
+    /// The event has no option with this id.
     #[error("the event has no option `{0}`")]
     UnknownOption(String),
+    /// The balance does not pay for the votes.
     #[error("balance {balance} is less than the {needed} this costs")]
-    InsufficientBalance { balance: i64, needed: i64 },
+    InsufficientBalance {
+        /// The balance now.
+        balance: i64,
+        /// What the votes cost.
+        needed: i64,
+    },
+    /// The key answered another request (another body, or another kind of request).
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    /// The database failed, or the caller broke a rule the trait leaves to it: a server-side
+    /// failure (HTTP 500).
     #[error("database: {0}")]
     Database(String),
     /// The store cannot take the call now: retry later (HTTP 503 with Retry-After).
@@ -180,8 +246,9 @@ pub enum Unavailable {
     /// the same Idempotency-Key is safe either way).
     #[error("no answer within the deadline")]
     DeadlineExceeded,
-    /// Another connection holds the database's write lock for longer than the store waits.
-    #[error("the database is locked by another connection")]
+    /// Another connection (another node) holds the database's write lock for longer than the
+    /// store waits, or the database cannot be reached at all (a Postgres restarting).
+    #[error("the database is locked by another connection or cannot be reached")]
     DatabaseBusy,
     /// The writer task has stopped; nothing more can be written.
     #[error("the storage writer has stopped")]
@@ -190,7 +257,7 @@ pub enum Unavailable {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if sqlite::is_busy(&error) {
+        if sqlite::is_busy(&error) || postgres::is_unavailable(&error) {
             return StoreError::Unavailable(Unavailable::DatabaseBusy);
         }
         StoreError::Database(error.to_string())
@@ -226,6 +293,7 @@ pub trait Store: Send + Sync + 'static {
         closes_at: DateTime<Utc>,
     ) -> Result<CreateOutcome, StoreError>;
 
+    /// One event, `None` if no event has this id.
     async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError>;
 
     /// Events matching the filter, newest `closesAt` first.

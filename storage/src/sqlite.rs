@@ -14,8 +14,6 @@
 //! a probe through the writer's queue that must commit an (empty) transaction in time.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,9 +28,10 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::batch::{Command, Queue, Writer};
+use crate::ledger::{check_credit_call, check_vote_call};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
-    LedgerEntry, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
+    LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
 };
 
 pub use crate::batch::WriterOptions;
@@ -61,20 +60,6 @@ const PAGE_SIZE: u32 = 1024;
 const WRITER_CACHE_KIB: u32 = 4 * 1024;
 /// A safety net: normally the background checkpointer keeps the WAL far below this many pages.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 100_000;
-
-/// Counts every SQL statement the store executes, reads and writes alike.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct QueryCounter(Arc<AtomicU64>);
-
-impl QueryCounter {
-    pub(crate) fn add(&self, statements: u64) {
-        self.0.fetch_add(statements, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// livevote's state in one SQLite database. See the module documentation for its design.
 pub struct SqliteStore {
@@ -315,12 +300,7 @@ impl Store for SqliteStore {
     }
 
     async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError> {
-        if command.votes == 0 {
-            return Err(precondition("a vote request casts at least one vote"));
-        }
-        if command.initial_balance < 0 {
-            return Err(precondition("the initial balance cannot be negative"));
-        }
+        check_vote_call(&command)?;
         self.commands
             .ask(|reply| Command::CastVote { command, reply })
             .await
@@ -343,12 +323,7 @@ impl Store for SqliteStore {
     }
 
     async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
-        if command.amount < 1 {
-            return Err(precondition("a credit is at least 1"));
-        }
-        if command.initial_balance < 0 {
-            return Err(precondition("the initial balance cannot be negative"));
-        }
+        check_credit_call(&command)?;
         self.commands
             .ask(|reply| Command::Credit { command, reply })
             .await
@@ -378,13 +353,6 @@ impl Store for SqliteStore {
     fn query_count(&self) -> u64 {
         self.queries.get()
     }
-}
-
-/// The caller broke a rule the trait leaves to it (the server validates requests first): a bug
-/// on the server's side, so it is reported like a database failure rather than as a client's
-/// mistake, and nothing is written.
-fn precondition(rule: &str) -> StoreError {
-    StoreError::Database(format!("invalid store call: {rule}"))
 }
 
 /// SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another connection held a lock for

@@ -1,6 +1,7 @@
 //! Events: creation is idempotent on identical bodies and conflicts otherwise, closing happens
 //! exactly once with the right winner, and the listing calls return the right window and order.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 use chrono::Duration;
 use livevote_protocol::EventStatus;
 use livevote_storage::{CreateOutcome, EventFilter, Store, StoreError};
-use support::{event_with, file_store, memory_store, now, open_event, vote};
+use support::{event_with, now, open_event, vote, TestDatabase};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn creating_the_same_event_twice_is_harmless_and_a_different_body_conflicts() {
-    let store = memory_store().await;
+async fn creating_the_same_event_twice_is_harmless_and_a_different_body_conflicts(
+    database: TestDatabase,
+) {
+    let store = database.connect().await;
     let closes_at = now() + Duration::minutes(10);
     let event = event_with(&["red", "blue", "green"], 5, closes_at);
 
@@ -60,10 +62,10 @@ async fn creating_the_same_event_twice_is_harmless_and_a_different_body_conflict
     assert_eq!(store.get_event(Uuid::new_v4()).await.unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_closes_close_exactly_once() {
-    let file = file_store().await;
-    let store = Arc::new(file.store);
+on_every_store!(creating_the_same_event_twice_is_harmless_and_a_different_body_conflicts);
+
+async fn fifty_concurrent_closes_close_exactly_once(database: TestDatabase) {
+    let store = Arc::new(database.connect().await);
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&*store, 1).await;
@@ -110,9 +112,16 @@ async fn fifty_concurrent_closes_close_exactly_once() {
     assert_eq!(store.balance(user_id).await.unwrap(), Some(97));
 }
 
-#[tokio::test]
-async fn the_winner_is_the_most_voted_option_and_ties_go_to_the_first_listed() {
-    let store = memory_store().await;
+on_every_store!(
+    fifty_concurrent_closes_close_exactly_once,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
+async fn the_winner_is_the_most_voted_option_and_ties_go_to_the_first_listed(
+    database: TestDatabase,
+) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let closes_at = now() + Duration::hours(1);
@@ -151,9 +160,10 @@ async fn the_winner_is_the_most_voted_option_and_ties_go_to_the_first_listed() {
     assert_eq!(outcome.record.result.unwrap().option_id, "z");
 }
 
-#[tokio::test]
-async fn a_close_may_choose_the_winner_but_only_among_the_options() {
-    let store = memory_store().await;
+on_every_store!(the_winner_is_the_most_voted_option_and_ties_go_to_the_first_listed);
+
+async fn a_close_may_choose_the_winner_but_only_among_the_options(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&store, 1).await;
@@ -197,9 +207,10 @@ async fn a_close_may_choose_the_winner_but_only_among_the_options() {
     ));
 }
 
-#[tokio::test]
-async fn live_events_are_the_open_ones_and_the_recently_closed() {
-    let store = memory_store().await;
+on_every_store!(a_close_may_choose_the_winner_but_only_among_the_options);
+
+async fn live_events_are_the_open_ones_and_the_recently_closed(database: TestDatabase) {
+    let store = database.connect().await;
     let base = now();
     let open = open_event(&store, 1).await;
     let old = open_event(&store, 1).await;
@@ -234,9 +245,10 @@ async fn live_events_are_the_open_ones_and_the_recently_closed() {
     assert!(at_bound.iter().any(|record| record.event.id == recent.id));
 }
 
-#[tokio::test]
-async fn list_events_filters_and_puts_the_latest_closing_first() {
-    let store = memory_store().await;
+on_every_store!(live_events_are_the_open_ones_and_the_recently_closed);
+
+async fn list_events_filters_and_puts_the_latest_closing_first(database: TestDatabase) {
+    let store = database.connect().await;
     let base = now();
     let mut created = Vec::new();
     for minutes in [5, 30, 15] {
@@ -294,3 +306,5 @@ async fn list_events_filters_and_puts_the_latest_closing_first() {
     }
     assert_eq!(paged, order);
 }
+
+on_every_store!(list_events_filters_and_puts_the_latest_closing_first);

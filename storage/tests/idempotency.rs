@@ -2,18 +2,19 @@
 //! copies arrive at once), a reused key with another body is refused, a failed request is not
 //! remembered, and keys are scoped per user (per admin for credits).
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
 
-use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{IdempotencyKey, Store, StoreError};
-use support::{assert_ledger_sums, credit, file_store, keyed, memory_store, open_event, vote};
+use support::{
+    assert_ledger_sums, credit, keyed, memory_store, open_event, vote, AnyStore, TestDatabase,
+};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn a_repeat_replays_the_first_answer_and_debits_once() {
-    let store = memory_store().await;
+async fn a_repeat_replays_the_first_answer_and_debits_once(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&store, 10).await;
@@ -58,7 +59,9 @@ async fn a_repeat_replays_the_first_answer_and_debits_once() {
     assert_ledger_sums(&store, user_id).await;
 }
 
-async fn identical_requests_at_once_apply_once(store: Arc<SqliteStore>) {
+on_every_store!(a_repeat_replays_the_first_answer_and_debits_once);
+
+async fn identical_requests_at_once_apply_once(store: Arc<AnyStore>) {
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&*store, 1).await;
@@ -92,20 +95,24 @@ async fn identical_requests_at_once_apply_once(store: Arc<SqliteStore>) {
     assert_ledger_sums(&*store, user_id).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn identical_requests_at_once_apply_once_on_a_file() {
-    let file = file_store().await;
-    identical_requests_at_once_apply_once(Arc::new(file.store)).await;
+async fn identical_requests_at_once_apply_once_in_a_database(database: TestDatabase) {
+    identical_requests_at_once_apply_once(Arc::new(database.connect().await)).await;
+    database.audit().await;
 }
+
+on_every_store!(
+    identical_requests_at_once_apply_once_in_a_database,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_requests_at_once_apply_once_in_memory() {
-    identical_requests_at_once_apply_once(Arc::new(memory_store().await)).await;
+    identical_requests_at_once_apply_once(Arc::new(AnyStore::Sqlite(memory_store().await))).await;
 }
 
-#[tokio::test]
-async fn a_key_reused_with_another_body_is_refused() {
-    let store = memory_store().await;
+async fn a_key_reused_with_another_body_is_refused(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&store, 1).await;
@@ -135,9 +142,10 @@ async fn a_key_reused_with_another_body_is_refused() {
     ));
 }
 
-#[tokio::test]
-async fn keys_are_scoped_per_user() {
-    let store = memory_store().await;
+on_every_store!(a_key_reused_with_another_body_is_refused);
+
+async fn keys_are_scoped_per_user(database: TestDatabase) {
+    let store = database.connect().await;
     let event = open_event(&store, 1).await;
     for _ in 0..2 {
         let user_id = Uuid::new_v4();
@@ -155,9 +163,10 @@ async fn keys_are_scoped_per_user() {
     );
 }
 
-#[tokio::test]
-async fn a_failed_request_is_not_remembered() {
-    let store = memory_store().await;
+on_every_store!(keys_are_scoped_per_user);
+
+async fn a_failed_request_is_not_remembered(database: TestDatabase) {
+    let store = database.connect().await;
     let admin_id = Uuid::new_v4();
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 5).await.unwrap();
@@ -181,9 +190,10 @@ async fn a_failed_request_is_not_remembered() {
     assert_ledger_sums(&store, user_id).await;
 }
 
-#[tokio::test]
-async fn credit_keys_are_scoped_per_admin() {
-    let store = memory_store().await;
+on_every_store!(a_failed_request_is_not_remembered);
+
+async fn credit_keys_are_scoped_per_admin(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     let first_admin = Uuid::new_v4();
     let second_admin = Uuid::new_v4();
@@ -204,3 +214,5 @@ async fn credit_keys_are_scoped_per_admin() {
     assert_eq!((other.balance, other.replayed), (20, false));
     assert_ledger_sums(&store, user_id).await;
 }
+
+on_every_store!(credit_keys_are_scoped_per_admin);

@@ -1,20 +1,23 @@
 //! The ledger against a small model of it: random sequences of creations, credits, votes (with
 //! and without idempotency keys, replays with the same and with another body), and closes, run
-//! through the ledger rules alone and through a real `SqliteStore` on a file. Every answer and
-//! every final balance and event must equal the model's, and no balance may go below 0.
+//! through the ledger rules alone and through a real store (`SqliteStore` on a file, and
+//! `PostgresStore` when a Postgres answers). Every answer and every final balance and event must
+//! equal the model's, and no balance may go below 0.
+
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use livevote_protocol::{Event, EventOption, EventResult, EventStatus, Timestamp};
 use livevote_storage::ledger::{Changes, Ledger, Plan};
-use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventRecord, IdempotencyKey, Store,
     StoreError, VoteCommand, VoteReceipt,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use support::TestDatabase;
 use uuid::Uuid;
 
 const USERS: usize = 3;
@@ -511,12 +514,11 @@ fn run_rules(
     Ok(())
 }
 
-/// The real store. A group's calls are started in order within one poll, so they queue in
-/// that order and the writer may take several into one batch.
-async fn run_sqlite(groups: Vec<Vec<Step>>) -> Result<(), TestCaseError> {
-    let directory = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", directory.path().join("model.db").display());
-    let store = SqliteStore::connect(&url).await.expect("open the database");
+/// A real store. A group's calls are started in order within one poll, so they queue in
+/// that order and the writer may take several into one batch. Every case uses ids of its own,
+/// so cases may share a database.
+async fn run_store(database: &TestDatabase, groups: Vec<Vec<Step>>) -> Result<(), TestCaseError> {
+    let store = database.connect().await;
     let ids = Ids::new();
     let mut model = Model::default();
     let mut versions = HashMap::new();
@@ -636,7 +638,28 @@ fn the_sqlite_store_answers_like_the_model() {
         .expect("a runtime");
     runner(48)
         .run(&scenario_strategy(), |groups| {
-            runtime.block_on(run_sqlite(groups))
+            runtime.block_on(async {
+                let database = TestDatabase::sqlite().await;
+                run_store(&database, groups).await
+            })
         })
         .unwrap();
+}
+
+#[test]
+fn the_postgres_store_answers_like_the_model() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let Some(database) = runtime.block_on(TestDatabase::postgres()) else {
+        return;
+    };
+    runner(48)
+        .run(&scenario_strategy(), |groups| {
+            runtime.block_on(run_store(&database, groups))
+        })
+        .unwrap();
+    runtime.block_on(database.audit());
 }

@@ -1,46 +1,42 @@
 //! Durability and set-up: a reconnected store keeps balances, events and idempotency keys;
 //! every accepted URL form works; making a user known is idempotent and race-free.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
 
 use livevote_protocol::EventStatus;
+use livevote_storage::postgres::PostgresStore;
 use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{LedgerEntryKind, Store};
-use support::{assert_ledger_sums, credit, file_store, keyed, memory_store, open_event, vote};
+use support::{assert_ledger_sums, credit, keyed, memory_store, open_event, vote, TestDatabase};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn a_restart_keeps_balances_events_and_idempotency_keys() {
-    let file = file_store().await;
+async fn a_restart_keeps_balances_events_and_idempotency_keys(database: TestDatabase) {
+    let stored = database.connect().await;
     let user_id = Uuid::new_v4();
     let admin_id = Uuid::new_v4();
-    file.store.ensure_user(user_id, 50).await.unwrap();
-    let open = open_event(&file.store, 2).await;
-    let closed = open_event(&file.store, 1).await;
-    let first = file
-        .store
+    stored.ensure_user(user_id, 50).await.unwrap();
+    let open = open_event(&stored, 2).await;
+    let closed = open_event(&stored, 1).await;
+    let first = stored
         .cast_vote(keyed(vote(user_id, &open, "a", 3), "before-restart", "a×3"))
         .await
         .unwrap();
-    file.store
+    stored
         .cast_vote(vote(user_id, &closed, "b", 1))
         .await
         .unwrap();
-    let closing = file
-        .store
+    let closing = stored
         .close_event(closed.id, None, support::now())
         .await
         .unwrap();
-    file.store
-        .credit(credit(admin_id, user_id, 10))
-        .await
-        .unwrap();
-    let open_before = file.store.get_event(open.id).await.unwrap().unwrap();
-    file.store.close().await;
+    stored.credit(credit(admin_id, user_id, 10)).await.unwrap();
+    let open_before = stored.get_event(open.id).await.unwrap().unwrap();
+    stored.close().await;
 
-    let store = SqliteStore::connect(&file.url).await.unwrap();
+    let store = database.connect().await;
     assert_eq!(store.balance(user_id).await.unwrap(), Some(50 - 6 - 1 + 10));
     assert_ledger_sums(&store, user_id).await;
     assert_eq!(store.get_event(open.id).await.unwrap(), Some(open_before));
@@ -80,6 +76,8 @@ async fn a_restart_keeps_balances_events_and_idempotency_keys() {
     store.close().await;
 }
 
+on_every_store!(a_restart_keeps_balances_events_and_idempotency_keys);
+
 #[tokio::test]
 async fn every_url_form_opens_a_database() {
     let directory = tempfile::tempdir().unwrap();
@@ -110,12 +108,11 @@ async fn every_url_form_opens_a_database() {
     assert!(SqliteStore::connect("postgres://localhost/livevote")
         .await
         .is_err());
+    assert!(PostgresStore::connect("sqlite::memory:").await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_first_requests_credit_the_initial_balance_once() {
-    let file = file_store().await;
-    let store = Arc::new(file.store);
+async fn concurrent_first_requests_credit_the_initial_balance_once(database: TestDatabase) {
+    let store = Arc::new(database.connect().await);
     let user_id = Uuid::new_v4();
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -140,9 +137,14 @@ async fn concurrent_first_requests_credit_the_initial_balance_once() {
     assert_eq!(store.ledger_entries(newcomer).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn every_call_is_counted_as_queries() {
-    let store = memory_store().await;
+on_every_store!(
+    concurrent_first_requests_credit_the_initial_balance_once,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
+async fn every_call_is_counted_as_queries(database: TestDatabase) {
+    let store = database.connect().await;
     let before = store.query_count();
     let event = open_event(&store, 1).await;
     let after_create = store.query_count();
@@ -154,3 +156,5 @@ async fn every_call_is_counted_as_queries() {
         EventStatus::Open
     );
 }
+
+on_every_store!(every_call_is_counted_as_queries);

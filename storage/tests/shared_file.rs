@@ -1,20 +1,19 @@
-//! Two stores on one database file, as two server processes would be: closing stays exactly
-//! once and balances still never overdraw, because each writer notices the other's commits.
+//! Two stores on one database (one SQLite file, or one Postgres database), as two server processes
+//! would be: closing stays exactly once and balances still never overdraw, because each writer
+//! notices the other's commits.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
 
-use livevote_storage::sqlite::SqliteStore;
 use livevote_storage::{Store, StoreError};
-use support::{assert_ledger_sums, file_store, now, open_event, vote};
+use support::{assert_ledger_sums, now, open_event, vote, TestDatabase};
 use uuid::Uuid;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_file_close_once_and_never_overdraw() {
-    let file = file_store().await;
-    let first = Arc::new(file.store);
-    let second = Arc::new(SqliteStore::connect(&file.url).await.unwrap());
+async fn two_stores_on_one_database_close_once_and_never_overdraw(database: TestDatabase) {
+    let first = Arc::new(database.connect().await);
+    let second = Arc::new(database.connect().await);
     let stores = [first.clone(), second.clone()];
 
     let user_id = Uuid::new_v4();
@@ -76,3 +75,9 @@ async fn two_stores_on_one_file_close_once_and_never_overdraw() {
         ));
     }
 }
+
+on_every_store!(
+    two_stores_on_one_database_close_once_and_never_overdraw,
+    flavor = "multi_thread",
+    worker_threads = 4
+);

@@ -1,22 +1,22 @@
 //! Casting votes: balances never overdraw under concurrency, totals equal the accepted votes,
 //! the ledger sums to every balance, and refused votes change nothing.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Duration;
-use livevote_storage::sqlite::SqliteStore;
-use livevote_storage::{LedgerEntryKind, Store, StoreError};
-use sqlx::Row;
+use livevote_storage::{LedgerEntryKind, StoreError};
 use support::{
-    assert_ledger_sums, credit, event_with, file_store, memory_store, now, open_event, vote,
+    assert_ledger_sums, credit, event_with, memory_store, now, open_event, vote, AnyStore,
+    TestDatabase,
 };
 use uuid::Uuid;
 
 /// 200 single votes at once against a balance that pays for exactly 100 of them.
-async fn one_user_cannot_overdraw(store: Arc<SqliteStore>) {
+async fn one_user_cannot_overdraw(store: Arc<AnyStore>) {
     let user_id = Uuid::new_v4();
     assert_eq!(store.ensure_user(user_id, 100).await.unwrap(), 100);
     let event = open_event(&*store, 1).await;
@@ -63,39 +63,36 @@ async fn one_user_cannot_overdraw(store: Arc<SqliteStore>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_votes_never_overdraw_on_a_file() {
-    let file = file_store().await;
-    let store = Arc::new(file.store);
+async fn concurrent_votes_never_overdraw(database: TestDatabase) {
+    let store = Arc::new(database.connect().await);
     one_user_cannot_overdraw(store.clone()).await;
 
     // The votes recorded in the ledger add up to the totals, not only the cached counters.
-    let pool = sqlx::SqlitePool::connect(&file.url).await.unwrap();
-    let rows = sqlx::query(
-        "SELECT option_id, SUM(votes) AS votes FROM ledger WHERE kind = 'vote_debit' GROUP BY option_id",
-    )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    let summed: u64 = rows
-        .iter()
-        .map(|row| row.get::<i64, _>("votes") as u64)
-        .sum();
-    assert_eq!(summed, 100);
-    pool.close().await;
+    let per_option = database
+        .numbers(
+            "SELECT CAST(SUM(votes) AS BIGINT) FROM ledger WHERE kind = 'vote_debit' \
+             GROUP BY option_id",
+        )
+        .await;
+    assert_eq!(per_option.iter().sum::<i64>(), 100);
+    database.audit().await;
 }
+
+on_every_store!(
+    concurrent_votes_never_overdraw,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_votes_never_overdraw_in_memory() {
-    one_user_cannot_overdraw(Arc::new(memory_store().await)).await;
+    one_user_cannot_overdraw(Arc::new(AnyStore::Sqlite(memory_store().await))).await;
 }
 
 /// Many users, several events, votes of several sizes and credits, all at once: afterwards every
 /// balance equals its ledger and every event's totals equal the votes that were accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ledger_sums_to_every_balance_after_a_concurrent_workload() {
-    let file = file_store().await;
-    let store = Arc::new(file.store);
+async fn ledger_sums_to_every_balance_after_a_concurrent_workload(database: TestDatabase) {
+    let store = Arc::new(database.connect().await);
     let admin_id = Uuid::new_v4();
     let users: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     let mut events = Vec::new();
@@ -166,27 +163,27 @@ async fn ledger_sums_to_every_balance_after_a_concurrent_workload() {
 
     // The same invariant checked by the database itself, over every entry of every user: each
     // entry's recorded balance is the running sum of the user's amounts.
-    let pool = sqlx::SqlitePool::connect(&file.url).await.unwrap();
-    let mismatches: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT balance, \
-         SUM(amount) OVER (PARTITION BY user_id ORDER BY id) AS running FROM ledger) \
-         WHERE balance <> running",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(mismatches, 0);
-    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(entries > 20);
-    pool.close().await;
+    let mismatches = database
+        .numbers(
+            "SELECT COUNT(*) FROM (SELECT balance, \
+             SUM(amount) OVER (PARTITION BY user_id ORDER BY id) AS running FROM ledger) \
+             AS running_sums WHERE balance <> running",
+        )
+        .await;
+    assert_eq!(mismatches, vec![0]);
+    let entries = database.numbers("SELECT COUNT(*) FROM ledger").await;
+    assert!(entries[0] > 20);
+    database.audit().await;
 }
 
-#[tokio::test]
-async fn a_refused_vote_changes_nothing() {
-    let store = memory_store().await;
+on_every_store!(
+    ledger_sums_to_every_balance_after_a_concurrent_workload,
+    flavor = "multi_thread",
+    worker_threads = 4
+);
+
+async fn a_refused_vote_changes_nothing(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 10).await.unwrap();
     let event = open_event(&store, 4).await;
@@ -220,9 +217,10 @@ async fn a_refused_vote_changes_nothing() {
     assert_eq!(receipt.seq, 1);
 }
 
-#[tokio::test]
-async fn unknown_events_and_options_are_refused() {
-    let store = memory_store().await;
+on_every_store!(a_refused_vote_changes_nothing);
+
+async fn unknown_events_and_options_are_refused(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 10).await.unwrap();
     let event = open_event(&store, 1).await;
@@ -240,9 +238,10 @@ async fn unknown_events_and_options_are_refused() {
     assert_eq!(store.balance(user_id).await.unwrap(), Some(10));
 }
 
-#[tokio::test]
-async fn votes_at_or_after_closes_at_are_refused() {
-    let store = memory_store().await;
+on_every_store!(unknown_events_and_options_are_refused);
+
+async fn votes_at_or_after_closes_at_are_refused(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 10).await.unwrap();
     let closes_at = now() + Duration::minutes(5);
@@ -267,9 +266,10 @@ async fn votes_at_or_after_closes_at_are_refused() {
     assert_eq!(store.balance(user_id).await.unwrap(), Some(9));
 }
 
-#[tokio::test]
-async fn a_first_vote_makes_the_user_known_with_the_initial_balance() {
-    let store = memory_store().await;
+on_every_store!(votes_at_or_after_closes_at_are_refused);
+
+async fn a_first_vote_makes_the_user_known_with_the_initial_balance(database: TestDatabase) {
+    let store = database.connect().await;
     let user_id = Uuid::new_v4();
     let event = open_event(&store, 3).await;
     let mut command = vote(user_id, &event, "a", 2);
@@ -303,9 +303,10 @@ async fn a_first_vote_makes_the_user_known_with_the_initial_balance() {
     assert_eq!(store.balance(newcomer).await.unwrap(), Some(2));
 }
 
-#[tokio::test]
-async fn credits_make_the_target_known_first() {
-    let store = memory_store().await;
+on_every_store!(a_first_vote_makes_the_user_known_with_the_initial_balance);
+
+async fn credits_make_the_target_known_first(database: TestDatabase) {
+    let store = database.connect().await;
     let admin_id = Uuid::new_v4();
     let user_id = Uuid::new_v4();
     let mut command = credit(admin_id, user_id, 25);
@@ -330,25 +331,24 @@ async fn credits_make_the_target_known_first() {
     );
 }
 
+on_every_store!(credits_make_the_target_known_first);
+
 /// Each balance change names its ledger entry; one user's versions only grow, across a
 /// restart too, so a subscriber can tell a newer balance from a stale one arriving late.
-#[tokio::test]
-async fn balance_versions_grow_with_every_change() {
-    let stored = support::file_store().await;
+async fn balance_versions_grow_with_every_change(database: TestDatabase) {
+    let stored = database.connect().await;
     let user_id = Uuid::new_v4();
-    stored.store.ensure_user(user_id, 100).await.unwrap();
-    let event = open_event(&stored.store, 1).await;
+    stored.ensure_user(user_id, 100).await.unwrap();
+    let event = open_event(&stored, 1).await;
     let mut versions = Vec::new();
     for _ in 0..3 {
         let receipt = stored
-            .store
             .cast_vote(vote(user_id, &event, "a", 1))
             .await
             .unwrap();
         versions.push(receipt.balance_version);
     }
     let credited = stored
-        .store
         .credit(credit(Uuid::new_v4(), user_id, 5))
         .await
         .unwrap();
@@ -358,10 +358,15 @@ async fn balance_versions_grow_with_every_change() {
         "{versions:?}"
     );
 
-    let reopened = SqliteStore::connect(&stored.url).await.unwrap();
+    stored.close().await;
+    let reopened = database.connect().await;
     let after_restart = reopened
         .cast_vote(vote(user_id, &event, "a", 1))
         .await
         .unwrap();
     assert!(after_restart.balance_version > *versions.last().unwrap());
+    reopened.close().await;
+    database.audit().await;
 }
+
+on_every_store!(balance_versions_grow_with_every_change);

@@ -2,54 +2,73 @@
 //! deadline, writes get `Unavailable` instead of hanging, a full queue sheds, and what timed
 //! out while queued is never written later.
 
+#[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use livevote_storage::sqlite::{SqliteStore, WriterOptions};
+use livevote_storage::sqlite::WriterOptions;
 use livevote_storage::{Store, StoreError, Unavailable};
-use sqlx::{Connection, SqliteConnection};
-use support::{open_event, vote};
-use tempfile::TempDir;
+use sqlx::{Connection, PgConnection, SqliteConnection};
+use support::{open_event, vote, AnyStore, TestDatabase};
 use uuid::Uuid;
 
 const CALL_DEADLINE: Duration = Duration::from_millis(600);
 const READY_DEADLINE: Duration = Duration::from_millis(300);
 
-async fn store_on_file(queue_capacity: usize) -> (SqliteStore, String, TempDir) {
-    let directory = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}", directory.path().join("stall.db").display());
+async fn store_on(database: &TestDatabase, queue_capacity: usize) -> AnyStore {
     let options = WriterOptions {
         call_deadline: CALL_DEADLINE,
         ready_deadline: READY_DEADLINE,
         queue_capacity,
     };
-    let store = SqliteStore::connect_with(&url, options)
-        .await
-        .expect("open the database");
-    (store, url, directory)
+    database.connect_with(options).await
 }
 
 /// Another process's transaction holding the database's write lock until rolled back.
-async fn hold_write_lock(url: &str) -> SqliteConnection {
-    let mut other = SqliteConnection::connect(url)
-        .await
-        .expect("a second connection");
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
-        .await
-        .expect("take the write lock");
-    other
+enum WriteLock {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
 }
 
-async fn release(mut other: SqliteConnection) {
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
-    other.close().await.unwrap();
+async fn hold_write_lock(database: &TestDatabase) -> WriteLock {
+    if database.is_postgres() {
+        let mut other = PgConnection::connect(&database.url)
+            .await
+            .expect("a second connection");
+        sqlx::raw_sql("BEGIN; SELECT * FROM writer_lock FOR UPDATE")
+            .execute(&mut other)
+            .await
+            .expect("take the write lock");
+        WriteLock::Postgres(other)
+    } else {
+        let mut other = SqliteConnection::connect(&database.url)
+            .await
+            .expect("a second connection");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .expect("take the write lock");
+        WriteLock::Sqlite(other)
+    }
+}
+
+async fn release(lock: WriteLock) {
+    match lock {
+        WriteLock::Sqlite(mut other) => {
+            sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+            other.close().await.unwrap();
+        }
+        WriteLock::Postgres(mut other) => {
+            sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+            other.close().await.unwrap();
+        }
+    }
 }
 
 /// Waits (bounded) until the store is ready again.
-async fn until_ready(store: &SqliteStore) {
+async fn until_ready(store: &AnyStore) {
     let started = Instant::now();
     while let Err(error) = store.ready().await {
         assert!(
@@ -60,9 +79,10 @@ async fn until_ready(store: &SqliteStore) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out() {
-    let (store, url, _directory) = store_on_file(64).await;
+async fn a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out(
+    database: TestDatabase,
+) {
+    let store = store_on(&database, 64).await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 10).await.unwrap();
     let event = open_event(&store, 1).await;
@@ -71,7 +91,7 @@ async fn a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out() {
         .await
         .expect("ready while nobody holds the lock");
 
-    let other = hold_write_lock(&url).await;
+    let other = hold_write_lock(&database).await;
     let started = Instant::now();
     let ready = store.ready().await;
     let waited = started.elapsed();
@@ -112,15 +132,20 @@ async fn a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out() {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_refuses_writes_at_once() {
+on_every_store!(
+    a_writer_kept_from_the_write_lock_is_not_ready_and_writes_time_out,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+async fn a_full_queue_refuses_writes_at_once(database: TestDatabase) {
     const CAPACITY: usize = 4;
-    let (store, url, _directory) = store_on_file(CAPACITY).await;
+    let store = store_on(&database, CAPACITY).await;
     let user_id = Uuid::new_v4();
     store.ensure_user(user_id, 100).await.unwrap();
     let event = open_event(&store, 1).await;
 
-    let other = hold_write_lock(&url).await;
+    let other = hold_write_lock(&database).await;
     let stuck = {
         let command = vote(user_id, &event, "a", 1);
         let store = &store;
@@ -166,18 +191,30 @@ async fn a_full_queue_refuses_writes_at_once() {
     store.close().await;
 }
 
-#[test]
-fn a_dead_writer_is_not_ready_and_refuses_writes() {
+on_every_store!(
+    a_full_queue_refuses_writes_at_once,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
+fn a_dead_writer_is_not_ready_and_refuses_writes(postgres: bool) {
     let first = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (store, event, _directory) = first.block_on(async {
-        let (store, _url, directory) = store_on_file(64).await;
+    let Some((store, event, database)) = first.block_on(async {
+        let database = if postgres {
+            TestDatabase::postgres().await?
+        } else {
+            TestDatabase::sqlite().await
+        };
+        let store = store_on(&database, 64).await;
         let event = open_event(&store, 1).await;
         store.ready().await.unwrap();
-        (store, event, directory)
-    });
+        Some((store, event, database))
+    }) else {
+        return;
+    };
     // Shutting the runtime down ends the writer task, as a panic in it would.
     drop(first);
 
@@ -198,13 +235,25 @@ fn a_dead_writer_is_not_ready_and_refuses_writes() {
         assert!(started.elapsed() < Duration::from_millis(100));
         drop(store);
     });
+    drop(database);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_readiness_probes_share_one_place_in_the_queue() {
+mod a_dead_writer_is_not_ready_and_refuses_writes {
+    #[test]
+    fn sqlite() {
+        super::a_dead_writer_is_not_ready_and_refuses_writes(false);
+    }
+
+    #[test]
+    fn postgres() {
+        super::a_dead_writer_is_not_ready_and_refuses_writes(true);
+    }
+}
+
+async fn concurrent_readiness_probes_share_one_place_in_the_queue(database: TestDatabase) {
     const CAPACITY: usize = 4;
-    let (store, url, _directory) = store_on_file(CAPACITY).await;
-    let other = hold_write_lock(&url).await;
+    let store = store_on(&database, CAPACITY).await;
+    let other = hold_write_lock(&database).await;
     // Five times the queue: probes that each took a place would be refused QueueFull.
     let probes = join_all((0..CAPACITY * 5).map(|_| store.ready())).await;
     assert!(
@@ -220,3 +269,9 @@ async fn concurrent_readiness_probes_share_one_place_in_the_queue() {
     assert!(probes.iter().all(Result::is_ok), "{probes:?}");
     store.close().await;
 }
+
+on_every_store!(
+    concurrent_readiness_probes_share_one_place_in_the_queue,
+    flavor = "multi_thread",
+    worker_threads = 2
+);

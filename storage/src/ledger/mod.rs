@@ -1,8 +1,8 @@
 //! The ledger's rules, apart from any database: what each write command may do and answers,
 //! given the state it sees. A store loads that state ([`Ledger`]), runs its commands through
 //! these rules one after the other in arrival order, writes what they produced ([`Changes`])
-//! and answers after its commit. SQLite does that in [`crate::sqlite`]; a Postgres store runs
-//! the same rules with its own statements.
+//! and answers after its commit. SQLite does that in [`crate::sqlite`], Postgres in
+//! [`crate::postgres`], each with its own statements.
 //!
 //! The rules: a vote costs `votes × costPerVote` and is refused, with nothing written, when the
 //! balance is smaller, the event is unknown, closed or past its `closesAt`, or the option is not
@@ -65,24 +65,30 @@ pub struct Changes {
 pub struct NewEntry {
     /// Grows with every entry, across users.
     pub id: i64,
+    /// Whose entry it is.
     pub user_id: Uuid,
     /// Positive for credits, negative for debits.
     pub amount: i64,
     /// The user's balance after this entry.
     pub balance: i64,
+    /// Why the balance changed.
     pub kind: LedgerEntryKind,
     /// For vote debits: what the votes went to.
     pub vote: Option<VoteTarget>,
     /// For admin credits: the admin's reason.
     pub reason: Option<String>,
+    /// When the entry was made.
     pub created_at: DateTime<Utc>,
 }
 
 /// What a vote debit bought.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoteTarget {
+    /// The event voted on.
     pub event_id: Uuid,
+    /// The option voted for.
     pub option_id: String,
+    /// How many votes.
     pub votes: i64,
 }
 
@@ -423,6 +429,37 @@ fn take_entry_id(next_entry_id: &mut Option<i64>) -> i64 {
 
 fn entry_version(id: i64) -> u64 {
     u64::try_from(id).unwrap_or(0)
+}
+
+/// Refuses a vote that breaks a rule the trait leaves to its caller (at least one vote, an
+/// initial balance of at least 0), before it reaches a writer.
+pub fn check_vote_call(command: &VoteCommand) -> Result<(), StoreError> {
+    if command.votes == 0 {
+        return Err(precondition("a vote request casts at least one vote"));
+    }
+    if command.initial_balance < 0 {
+        return Err(precondition("the initial balance cannot be negative"));
+    }
+    Ok(())
+}
+
+/// Refuses a credit that breaks a rule the trait leaves to its caller (at least 1, an initial
+/// balance of at least 0), before it reaches a writer.
+pub fn check_credit_call(command: &CreditCommand) -> Result<(), StoreError> {
+    if command.amount < 1 {
+        return Err(precondition("a credit is at least 1"));
+    }
+    if command.initial_balance < 0 {
+        return Err(precondition("the initial balance cannot be negative"));
+    }
+    Ok(())
+}
+
+/// The caller broke a rule the trait leaves to it (the server validates requests first): a bug
+/// on the server's side, so it is reported like a database failure rather than as a client's
+/// mistake, and nothing is written.
+fn precondition(rule: &str) -> StoreError {
+    StoreError::Database(format!("invalid store call: {rule}"))
 }
 
 /// The answer to a creation whose id is taken: the same event again, or a conflict.

@@ -13,13 +13,12 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::codec::{
-    answer_from_columns, answer_to_columns, corrupt, event_from_row, kind_name, status_name,
-    to_json, to_nanos, EVENT_COLUMNS,
+    answer_from_columns, answer_to_columns, corrupt, event_from_row, kind_name, seq_column,
+    status_name, to_json, to_nanos, EVENT_COLUMNS,
 };
-use super::QueryCounter;
 use crate::batch::{Backend, Wanted};
 use crate::ledger::{Changes, Ledger};
-use crate::{EventRecord, StoreError};
+use crate::{EventRecord, QueryCounter, StoreError};
 
 /// Rows per multi-row statement (ten parameters each at most: 5,000 of SQLite's 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -326,8 +325,4 @@ impl Backend for SqliteBackend {
             tracing::warn!(%error, "closing the storage writer's connection failed");
         }
     }
-}
-
-fn seq_column(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq).map_err(|_| StoreError::Database(format!("seq {seq} does not fit a column")))
 }
