@@ -33,12 +33,16 @@ pub struct ConnectionId(pub u64);
 /// Which channels carry an event: its streamer's and, when it has one, its game's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EventRoute {
+    /// The event's uuid (`Event::id`), which outboxes key their per-event state by.
     pub event_id: Uuid,
+    /// The event's `streamerId`: it travels on `streamer:<uuid>`.
     pub streamer_id: Uuid,
+    /// The event's `gameId`: when set, it travels on `game:<uuid>` too.
     pub game_id: Option<Uuid>,
 }
 
 impl EventRoute {
+    /// The channels that carry the event: `streamer:<uuid>` first, then `game:<uuid>` if any.
     pub fn channels(&self) -> impl Iterator<Item = Channel> {
         std::iter::once(Channel::streamer(self.streamer_id)).chain(self.game_id.map(Channel::game))
     }
@@ -195,6 +199,7 @@ impl Connection {
         }
     }
 
+    /// This connection's number, given by [`Hub::connect`](crate::Hub::connect).
     pub fn id(&self) -> ConnectionId {
         self.id
     }
@@ -316,10 +321,13 @@ impl Connection {
         self.state.lock().channels.clone()
     }
 
+    /// How many channels this connection holds (at most the hub's
+    /// `max_channels_per_connection`).
     pub fn channel_count(&self) -> usize {
         self.state.lock().channels.len()
     }
 
+    /// Whether this connection holds `channel` now.
     pub fn is_subscribed(&self, channel: &Channel) -> bool {
         self.state.lock().channels.contains(channel)
     }

@@ -8,6 +8,8 @@
 //! while holding a shard lock). Callers must not hold their own locks that publishers take
 //! around [`Hub::subscribe`]'s snapshot closure, except for reading.
 
+#![warn(missing_docs)]
+
 mod connection;
 mod frames;
 mod message;
@@ -73,6 +75,7 @@ pub(crate) struct HubCore {
 /// The result of [`Hub::subscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscribeOutcome {
+    /// Joined: the snapshot is in the outbox and everything published from now on follows it.
     Subscribed,
     /// Already held: nothing was sent again.
     AlreadySubscribed,
@@ -133,6 +136,8 @@ pub struct WakeList {
 }
 
 impl WakeList {
+    /// An empty list; fill it through [`Hub::deliver_event_update`], then call
+    /// [`WakeList::wake_all`].
     pub fn new() -> Self {
         WakeList::default()
     }
@@ -143,14 +148,18 @@ impl WakeList {
         }
     }
 
+    /// Connections listed to be woken (what the server hands to
+    /// [`Hub::record_coalesced_wakes`] after a flush phase).
     pub fn len(&self) -> usize {
         self.connections.len()
     }
 
+    /// True when no delivery of the batch left anything new for a connection's writer.
     pub fn is_empty(&self) -> bool {
         self.connections.is_empty()
     }
 
+    /// Wakes every listed connection's writer and empties the list for the next batch.
     pub fn wake_all(&mut self) {
         for connection in self.connections.drain(..) {
             connection.wake();
@@ -161,8 +170,12 @@ impl WakeList {
 /// One coalesced EVENT_UPDATED for a tick.
 #[derive(Debug, Clone)]
 pub struct EventUpdate {
+    /// The event and the channels that carry it.
     pub route: EventRoute,
+    /// The event's `seq` in `message`; an outbox takes the update only if it is newer than
+    /// every update of the event it has accepted, so totals never go backwards.
     pub seq: u64,
+    /// The EVENT_UPDATED itself, encoded once for every subscriber.
     pub message: SharedMessage,
 }
 
@@ -187,6 +200,7 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// An empty hub: no channel, no connection, and the first heartbeat round not started.
     pub fn new(config: HubConfig) -> Self {
         Hub {
             core: Arc::new(HubCore {
@@ -203,14 +217,19 @@ impl Hub {
         }
     }
 
+    /// The bounds this hub was built with.
     pub fn config(&self) -> &HubConfig {
         &self.core.config
     }
 
+    /// The hub's counters, growing for the life of the hub; the server exports them as
+    /// metrics.
     pub fn stats(&self) -> &HubStats {
         &self.core.stats
     }
 
+    /// Connections registered by [`Hub::connect`] and not yet removed by
+    /// [`Hub::disconnect`].
     pub fn connection_count(&self) -> usize {
         self.connection_count.load(Ordering::Relaxed)
     }

@@ -6,13 +6,24 @@ use livevote_protocol::ServerMessage;
 /// What a message is, for metrics and for deciding how an outbox keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
+    /// `EVENT_CREATED`: must-deliver, queued once per connection whichever channel brings it.
     EventCreated,
+    /// `EVENT_UPDATED`: a live one is kept in the event's latest-value slot, so a newer one
+    /// replaces it while unsent (counted in [`HubStats::dropped`](crate::HubStats::dropped())).
+    /// A snapshot's is queued.
     EventUpdated,
+    /// `EVENT_CLOSED`: must-deliver; empties the event's slot.
     EventClosed,
+    /// `BALANCE_UPDATED`: like EVENT_UPDATED, a live one is kept in the user's latest-value
+    /// slot and a snapshot's is queued.
     BalanceUpdated,
+    /// `SYSTEM_NOTICE`: must-deliver.
     SystemNotice,
+    /// `PING`: must-deliver.
     Ping,
+    /// `SUBSCRIBED`: must-deliver; the server queues it after the snapshots it announces.
     Subscribed,
+    /// `UNSUBSCRIBED`: must-deliver.
     Unsubscribed,
 }
 
@@ -48,6 +59,7 @@ impl MessageKind {
         self as usize
     }
 
+    /// The kind of `message`, i.e. of its `type` tag.
     pub fn of(message: &ServerMessage) -> Self {
         match message {
             ServerMessage::EventCreated(_) => MessageKind::EventCreated,
@@ -71,6 +83,8 @@ pub struct SharedMessage {
 }
 
 impl SharedMessage {
+    /// Serializes `message` to its wire JSON (`{"type": ..., "payload": ...}`), once; clone
+    /// the result to give it to many connections.
     pub fn encode(message: &ServerMessage) -> Self {
         // Serializing plain data structs with string keys cannot fail.
         let json = serde_json::to_vec(message).expect("server messages always serialize");
@@ -80,18 +94,23 @@ impl SharedMessage {
         }
     }
 
+    /// What the message is, read from the [`ServerMessage`] it was encoded from.
     pub fn kind(&self) -> MessageKind {
         self.kind
     }
 
+    /// The JSON text, shared: ready to be one WebSocket text frame on its own.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
+    /// Size of the JSON text in bytes: what it counts against a connection's must-deliver
+    /// bound ([`HubConfig::max_pending_bytes`](crate::HubConfig::max_pending_bytes)).
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
+    /// Never true for an encoded message (its JSON is at least `{}`); here for `len`'s sake.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

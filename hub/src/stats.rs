@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::message::MessageKind;
 
+/// The hub's counters since it was built. Each only grows (relaxed atomics, so a reading may
+/// lag a moment behind); the server exports differences between readings.
 #[derive(Debug, Default)]
 pub struct HubStats {
     sent: [AtomicU64; MessageKind::ALL.len()],
@@ -39,10 +41,12 @@ impl HubStats {
         self.dropped[kind.index()].load(Ordering::Relaxed)
     }
 
+    /// Reads [`HubStats::coalesced_wakes`](field@HubStats::coalesced_wakes).
     pub fn coalesced_wakes(&self) -> u64 {
         self.coalesced_wakes.load(Ordering::Relaxed)
     }
 
+    /// Reads [`HubStats::queue_overflows`](field@HubStats::queue_overflows).
     pub fn queue_overflows(&self) -> u64 {
         self.queue_overflows.load(Ordering::Relaxed)
     }

@@ -9,12 +9,17 @@ use uuid::Uuid;
 /// What a channel carries: a streamer's events, a game's events, or one user's balance and notices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChannelKind {
+    /// `streamer:<uuid>`: events whose `streamerId` is the uuid; open to every token.
     Streamer,
+    /// `game:<uuid>`: events whose `gameId` is the uuid; open to every token.
     Game,
+    /// `user:<uuid>`: that user's BALANCE_UPDATED and notices; only for the user itself
+    /// (the token's `sub`) and admins.
     User,
 }
 
 impl ChannelKind {
+    /// The name's part before `:`: `"streamer"`, `"game"` or `"user"`.
     pub fn prefix(self) -> &'static str {
         match self {
             ChannelKind::Streamer => "streamer",
@@ -28,23 +33,28 @@ impl ChannelKind {
 /// (lower-case hyphenated uuid), so two spellings of one channel compare equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Channel {
+    /// What the channel carries, the name's part before `:`.
     pub kind: ChannelKind,
+    /// The streamer's, game's or user's uuid, the name's part after `:`.
     pub id: Uuid,
 }
 
 impl Channel {
+    /// `streamer:<id>`, carrying the events of streamer `id`.
     pub fn streamer(id: Uuid) -> Self {
         Channel {
             kind: ChannelKind::Streamer,
             id,
         }
     }
+    /// `game:<id>`, carrying the events of game `id`.
     pub fn game(id: Uuid) -> Self {
         Channel {
             kind: ChannelKind::Game,
             id,
         }
     }
+    /// `user:<id>`, carrying user `id`'s balance and notices.
     pub fn user(id: Uuid) -> Self {
         Channel {
             kind: ChannelKind::User,

@@ -4,6 +4,8 @@
 //! This crate knows no runtime and no clock: timestamps travel as ISO-8601 strings
 //! ([`Timestamp`]) so that the wasm SDK never links a date library or float formatting.
 
+#![warn(missing_docs)]
+
 mod api;
 mod channel;
 mod messages;
