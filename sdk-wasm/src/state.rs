@@ -163,6 +163,10 @@ impl Store {
                     // through two channels) may only refresh the definition; totals and seq stay.
                     Some(state) if !state.closed && state.event != event => {
                         state.event = event;
+                        // An option the refreshed definition adds starts at zero, like every
+                        // option of a new event: a page must find a total for each one.
+                        let totals = std::mem::take(&mut state.totals);
+                        state.set_totals(&totals);
                         Change::Event(id)
                     }
                     Some(_) => Change::Nothing,

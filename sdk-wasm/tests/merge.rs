@@ -136,6 +136,35 @@ fn closed_is_terminal() {
     assert_eq!(store.get(id(EVENT)).unwrap(), &closed);
 }
 
+/// Found by the `sdk_merge` fuzz target: a refreshed definition that adds an option left that
+/// option without a total, which a page renders as `undefined`.
+#[test]
+fn an_option_added_by_a_second_event_created_starts_at_zero_and_totals_are_kept() {
+    let mut store = Store::default();
+    store.apply(&one(fixture!("server", "event_created")));
+    store.apply(&update(5, 7));
+    let refreshed = fixture!("server", "event_created").replacen(
+        r#"{"id":"no","#,
+        r#"{"id":"maybe","label":"Maybe"},{"id":"no","#,
+        1,
+    );
+    assert_ne!(
+        refreshed,
+        fixture!("server", "event_created"),
+        "fixture shape changed"
+    );
+    assert_eq!(store.apply(&one(&refreshed)), Change::Event(id(EVENT)));
+    let state = store.get(id(EVENT)).unwrap();
+    assert_eq!(state.event.options.len(), 3);
+    assert_eq!(state.totals.get("maybe"), Some(&0));
+    assert_eq!(
+        state.totals.get("yes"),
+        Some(&7),
+        "votes so far survive the refresh"
+    );
+    assert_eq!(state.seq, Some(5));
+}
+
 #[test]
 fn balance_follows_balance_updated() {
     let mut store = Store::default();
