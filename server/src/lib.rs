@@ -2,20 +2,23 @@
 //! [`app`] the router, [`bind`] a listener and [`run`] serves it until a shutdown signal.
 //! `main.rs` is a thin wrapper, and tests bind port 0.
 
+// The public surface is what `main`, the tests, the fuzz targets and the demo need: the
+// configuration, tokens, the broker's messages, the error body, the HTTP inputs and the state.
+// How a node applies a change, its caches, sockets and timers stay inside.
 pub mod auth;
 pub mod broker;
-pub mod clock;
+mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
-pub mod limits;
-pub mod node;
-pub mod realtime;
+mod limits;
+mod node;
+mod realtime;
 pub mod serve;
-pub mod socket;
+mod socket;
 pub mod state;
-pub mod timers;
+mod timers;
 
 use std::future::Future;
 use std::net::SocketAddr;
