@@ -173,6 +173,29 @@ fn snapshot_comes_first_then_live_updates() {
     assert_eq!(frames, 1, "everything pending leaves in one frame");
 }
 
+/// Serialize once: every subscriber's frame is the very bytes encoded at publish, not a copy.
+#[test]
+fn every_subscriber_writes_the_same_bytes_of_one_encoding() {
+    let hub = Hub::new(HubConfig::default());
+    let connections: Vec<_> = (0..3).map(|_| hub.connect()).collect();
+    for connection in &connections {
+        hub.subscribe(connection, Channel::streamer(STREAMER), |_| {});
+    }
+    let event = route(1);
+    let message = created(event);
+    hub.publish_event_created(event, &message);
+    for connection in &connections {
+        let mut frames: Vec<Bytes> = Vec::new();
+        connection.drain(&mut frames);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            frames[0].as_ptr(),
+            message.bytes().as_ptr(),
+            "a lone message leaves as the shared encoding itself"
+        );
+    }
+}
+
 #[test]
 fn a_connection_on_two_channels_gets_each_message_once() {
     let hub = Hub::new(HubConfig::default());

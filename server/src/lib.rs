@@ -57,11 +57,6 @@ pub enum StartError {
 /// is cancelled.
 pub async fn start(config: Config) -> Result<AppState, StartError> {
     let clock = Clock::new();
-    start_with_clock(config, clock).await
-}
-
-/// [`start`] with a given clock (tests that pause tokio's time).
-pub async fn start_with_clock(config: Config, clock: Clock) -> Result<AppState, StartError> {
     // `Config::finish` accepted only these two kinds of URL.
     let store: Arc<dyn Store> = if config.database_url.starts_with("sqlite:") {
         Arc::new(SqliteStore::connect(&config.database_url).await?)
