@@ -25,7 +25,7 @@ impl Claims {
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
-    /// Whether this token may subscribe to `channel` (contract §3 role table).
+    /// Whether this token may subscribe to `channel` (docs/contract.md §3 role table).
     pub fn may_subscribe(&self, channel: &Channel) -> bool {
         match channel.kind {
             ChannelKind::Streamer | ChannelKind::Game => true,

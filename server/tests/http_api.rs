@@ -1,5 +1,6 @@
-//! The HTTP API of contract §3–§4 through the router (`oneshot`): status codes, the error body,
-//! roles, validation, votes, idempotency, closing, credits, notices, CORS and operations.
+//! The HTTP API of docs/contract.md §3–§4 through the router (`oneshot`): status codes, the
+//! error body, roles, validation, votes, idempotency, closing, credits, notices, CORS and
+//! operations.
 
 mod common;
 

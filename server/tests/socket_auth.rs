@@ -1,4 +1,4 @@
-//! Socket authentication (contract §3, §5): token in the query or the Authorization header;
+//! Socket authentication (docs/contract.md §3, §5): token in the query or the Authorization header;
 //! missing, forged and `alg: none` tokens get a notice and 4001, expired ones 4002, a bad
 //! `streamerId` 4003, a foreign Origin 403 before the upgrade; TOKEN_EXPIRING, refresh,
 //! REFRESH_DENIED and the 4002 close at `exp`.

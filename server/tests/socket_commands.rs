@@ -1,5 +1,5 @@
-//! Socket commands and abuse (contract §5): bad JSON, binary frames, unknown actions, frames
-//! over 16 KiB (1009), 10,000-channel subscribes and the 100-channel limit, malformed and
+//! Socket commands and abuse (docs/contract.md §5): bad JSON, binary frames, unknown actions,
+//! frames over 16 KiB (1009), 10,000-channel subscribes and the 100-channel limit, malformed and
 //! forbidden channels, unsubscribe, and the command rate limit (RATE_LIMITED, then 4008).
 //! Each case leaves the socket (or, after a close, the server) healthy.
 

@@ -1,4 +1,4 @@
-//! Fan-out under load (contract §6): a burst of thousands of votes reaches every subscriber
+//! Fan-out under load (docs/contract.md §6): a burst of thousands of votes reaches every subscriber
 //! as at most one EVENT_UPDATED flush per update interval per channel, in order, once per
 //! event, never after EVENT_CLOSED, ending with the exact totals; a socket that stops reading
 //! still ends with the latest state, or is closed 4009 and recovers it from the snapshot.

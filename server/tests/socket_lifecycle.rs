@@ -1,7 +1,7 @@
-//! Socket lifecycle (contract §2, §5): the shared heartbeat (PING, `{"action":"pong"}`, 4000
-//! without it; protocol-level pongs do not count), notices to `*` and to channels, 503 with
-//! Retry-After past the connection cap and the connect rate, and shutdown: SERVER_RESTARTING
-//! with a spread `retryAfterMs`, then 1012.
+//! Socket lifecycle (docs/contract.md §2, §5): the shared heartbeat (PING,
+//! `{"action":"pong"}`, 4000 without it; protocol-level pongs do not count), notices to `*` and
+//! to channels, 503 with Retry-After past the connection cap and the connect rate, and
+//! shutdown: SERVER_RESTARTING with a spread `retryAfterMs`, then 1012.
 
 mod common;
 mod socket_support;

@@ -1,4 +1,4 @@
-//! Socket snapshots and delivery order (contract §5 snapshots, §6 delivery guarantees):
+//! Socket snapshots and delivery order (docs/contract.md §5 snapshots, §6 delivery guarantees):
 //! snapshot then live, recently closed events, balances, one message per event across two
 //! channels, and snapshots served from memory during a reconnect storm.
 

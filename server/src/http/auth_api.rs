@@ -41,8 +41,9 @@ pub async fn mint(
     body: JsonBody<AuthInput>,
 ) -> Result<Json<AuthResponse>, AppError> {
     let input = body.value;
-    // In --dev the key is not checked (contract §2); otherwise it is compared in constant time,
-    // and an address that sent too many wrong keys is held back before its key is looked at.
+    // In --dev the key is not checked (docs/contract.md §2); otherwise it is compared in
+    // constant time, and an address that sent too many wrong keys is held back before its key
+    // is looked at.
     if !state.config.is_dev() {
         // Served by `serve`, every request carries its peer; a router driven without it (a
         // test's `oneshot`) counts as one unspecified address.

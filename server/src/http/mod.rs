@@ -1,5 +1,5 @@
-//! The HTTP API of contract §4: routes, CORS, the Origin allow-list, body limits and request
-//! tracing that never records a token.
+//! The HTTP API of docs/contract.md §4: routes, CORS, the Origin allow-list, body limits and
+//! request tracing that never records a token.
 
 mod auth_api;
 mod events;
