@@ -13,7 +13,7 @@ export type Totals = Readonly<Record<string, number>>;
 /** `streamer:<uuid>`, `game:<uuid>` or `user:<uuid>`. */
 export type ChannelName = `streamer:${string}` | `game:${string}` | `user:${string}`;
 
-// ----- Wire payloads (contract §5, seed document) -----
+// ----- Wire payloads (docs/contract.md §5) -----
 
 export interface EventOption {
   readonly id: string;
@@ -101,7 +101,7 @@ export type ClientCommand =
   | { readonly action: "pong" }
   | { readonly action: "refresh"; readonly token: string };
 
-// ----- HTTP bodies (contract §4) -----
+// ----- HTTP bodies (docs/contract.md §4) -----
 
 export interface EventView {
   readonly event: LiveEvent;
@@ -175,7 +175,7 @@ export interface Snapshot {
 
 // ----- Errors -----
 
-/** Codes the client itself uses, and the server's HTTP error codes (contract §4). */
+/** Codes the client itself uses, and the server's HTTP error codes (docs/contract.md §4). */
 export type ErrorCode =
   | "INVALID_OPTIONS"
   | "CLIENT_CLOSED"

@@ -671,6 +671,22 @@ async fn browser_origins_follow_the_allow_list() {
         "{allowed}"
     );
 
+    // A page on the allowed origin can read Retry-After (a 429 or 503 says how long to wait).
+    let viewer = mint(&state, Role::Viewer, Uuid::new_v4(), None);
+    let allowed_call = Request::get("/api/balance")
+        .header("origin", "https://overlay.example")
+        .header("authorization", format!("Bearer {viewer}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(livevote_server::app(state.clone()), allowed_call)
+        .await
+        .unwrap();
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(exposed.contains("retry-after"), "{exposed}");
+
     let foreign = Request::get("/api/balance")
         .header("origin", "https://evil.example")
         .body(Body::empty())

@@ -93,6 +93,9 @@ fn cors_layer(origins: &AllowedOrigins) -> CorsLayer {
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
         ])
+        // A page on another origin must be able to read how long to wait after a 429 or 503;
+        // browsers hide every response header not listed here.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600))
 }
 
