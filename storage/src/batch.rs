@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
-use crate::ledger::{compare_existing, Changes, Ledger, Plan};
+use crate::ledger::{check_credit_call, check_vote_call, compare_existing, Changes, Ledger, Plan};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventRecord, StoreError,
     Unavailable, VoteCommand, VoteReceipt,
@@ -515,6 +515,60 @@ impl Queue {
     ) -> Result<T, StoreError> {
         self.ask_until(Instant::now() + self.options.call_deadline, command)
             .await
+    }
+
+    /// The writes every store offers, each one command for the writer: the stores differ only
+    /// in their reads and their `Backend`, so these are written once, here.
+    pub(crate) async fn ensure_user(
+        &self,
+        user_id: Uuid,
+        initial_balance: i64,
+    ) -> Result<i64, StoreError> {
+        self.ask(|reply| Command::EnsureUser {
+            user_id,
+            initial_balance,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn create_event(
+        &self,
+        event: &Event,
+        closes_at: DateTime<Utc>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let event = Box::new(event.clone());
+        self.ask(|reply| Command::CreateEvent {
+            event,
+            closes_at,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError> {
+        check_vote_call(&command)?;
+        self.ask(|reply| Command::CastVote { command, reply }).await
+    }
+
+    pub(crate) async fn close_event(
+        &self,
+        event_id: Uuid,
+        chosen_option: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutcome, StoreError> {
+        self.ask(|reply| Command::CloseEvent {
+            event_id,
+            chosen_option,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
+        check_credit_call(&command)?;
+        self.ask(|reply| Command::Credit { command, reply }).await
     }
 
     /// Waits until a batch holding the write lock has committed, at most the ready deadline.

@@ -27,8 +27,7 @@ use sqlx::{ConnectOptions, Postgres, QueryBuilder, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::batch::{until, Command, Queue, Writer};
-use crate::ledger::{check_credit_call, check_vote_call};
+use crate::batch::{until, Queue, Writer};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
     LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
@@ -176,13 +175,7 @@ impl Store for PostgresStore {
         if let Some(balance) = self.balance(user_id).await? {
             return Ok(balance);
         }
-        self.commands
-            .ask(|reply| Command::EnsureUser {
-                user_id,
-                initial_balance,
-                reply,
-            })
-            .await
+        self.commands.ensure_user(user_id, initial_balance).await
     }
 
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
@@ -201,14 +194,7 @@ impl Store for PostgresStore {
         event: &Event,
         closes_at: DateTime<Utc>,
     ) -> Result<CreateOutcome, StoreError> {
-        let event = Box::new(event.clone());
-        self.commands
-            .ask(|reply| Command::CreateEvent {
-                event,
-                closes_at,
-                reply,
-            })
-            .await
+        self.commands.create_event(event, closes_at).await
     }
 
     async fn get_event(&self, event_id: Uuid) -> Result<Option<EventRecord>, StoreError> {
@@ -257,10 +243,7 @@ impl Store for PostgresStore {
     }
 
     async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError> {
-        check_vote_call(&command)?;
-        self.commands
-            .ask(|reply| Command::CastVote { command, reply })
-            .await
+        self.commands.cast_vote(command).await
     }
 
     async fn close_event(
@@ -270,20 +253,12 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<CloseOutcome, StoreError> {
         self.commands
-            .ask(|reply| Command::CloseEvent {
-                event_id,
-                chosen_option,
-                now,
-                reply,
-            })
+            .close_event(event_id, chosen_option, now)
             .await
     }
 
     async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
-        check_credit_call(&command)?;
-        self.commands
-            .ask(|reply| Command::Credit { command, reply })
-            .await
+        self.commands.credit(command).await
     }
 
     async fn ledger_entries(&self, user_id: Uuid) -> Result<Vec<LedgerEntry>, StoreError> {
