@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::*;
-use livevote_protocol::{Role, ServerMessage};
+use livevote_protocol::{Event, EventOption, Role, ServerMessage, Timestamp};
 use serde_json::{json, Value};
 use socket_support::{connect, Client};
 use sqlx::postgres::PgConnectOptions;
@@ -204,6 +204,34 @@ async fn create_event_on(server: &TestServer, streamer: Uuid, seconds: i64) -> U
     created["event"]["id"].as_str().unwrap().parse().unwrap()
 }
 
+/// An open event written straight to the store, as a node that died before publishing it
+/// leaves behind.
+async fn stored_event(server: &TestServer, streamer: Uuid, seconds: i64) -> Uuid {
+    let closes_at = server.state.clock.now() + chrono::Duration::seconds(seconds);
+    let event = Event {
+        id: Uuid::new_v4(),
+        streamer_id: streamer,
+        game_id: None,
+        title: "Never announced".into(),
+        options: ["red", "blue"]
+            .map(|id| EventOption {
+                id: id.into(),
+                label: id.into(),
+            })
+            .into(),
+        closes_at: Timestamp(closes_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+        cost_per_vote: 10,
+        prompt_versions: None,
+    };
+    server
+        .state
+        .store
+        .create_event(&event, closes_at)
+        .await
+        .expect("the store takes the event");
+    event.id
+}
+
 /// Votes `votes` for red; returns the answer's balance.
 async fn vote_on(server: &TestServer, voter: Uuid, event: Uuid, votes: u32) -> i64 {
     let token = server.token(Role::Viewer, voter);
@@ -318,7 +346,54 @@ async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_on
     assert_eq!(status, "closed");
     connection.close().await.unwrap();
 
+    // Created on A, then voted on through B at once: B may apply its own vote's totals
+    // before A's EVENT_CREATED arrives, and must not drop them.
+    let raced = create_event_on(&node_a, streamer, 3).await;
+    let balance = vote_on(&node_b, viewer, raced, 2).await;
+    assert_eq!(balance, 10_000 - 50);
+    let quickly = Instant::now();
+    for socket in [&mut on_b, &mut on_a] {
+        socket
+            .until(|message| red_total(message, raced) == Some(2))
+            .await;
+    }
+    assert!(
+        quickly.elapsed() < Duration::from_secs(3),
+        "the raced totals came only after {:?} (an anti-entropy pass, not the broker)",
+        quickly.elapsed()
+    );
+
+    // Committed by a node that died before publishing it (written here straight to the
+    // store): no node has heard of the event when a vote on B changes its totals. B loads it
+    // from the store rather than dropping the change, and its socket sees both at once.
+    let unheard = stored_event(&node_a, streamer, 3).await;
+    vote_on(&node_b, viewer, unheard, 4).await;
+    let quickly = Instant::now();
+    let seen = on_b
+        .until(|message| red_total(message, unheard) == Some(4))
+        .await;
+    assert!(
+        quickly.elapsed() < Duration::from_secs(3),
+        "the unheard-of event came only after {:?} (an anti-entropy pass, not the vote)",
+        quickly.elapsed()
+    );
+    assert!(seen.iter().any(
+        |message| matches!(message, ServerMessage::EventCreated(created) if created.event.id == unheard)
+    ));
+
+    // A stops before the events are due: B armed it too when A's EVENT_CREATED arrived, so it
+    // closes on time without A.
     node_a.stop().await;
+    let seen = on_b
+        .until(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == raced))
+        .await;
+    let Some(ServerMessage::EventClosed(closed)) = seen.last() else {
+        unreachable!()
+    };
+    assert_eq!(closed.result.totals.get("red"), Some(&2));
+    on_b.until(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == unheard))
+        .await;
+
     node_b.stop().await;
     database.audit().await;
 }
@@ -420,6 +495,8 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     for _ in 0..4 {
         vote_on(&node_a, viewer, event, 1).await;
     }
+    // Longer than the broker's command timeout: A's publications of those votes are given up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Instant::now();
     let _redis = PrivateRedis::start(port)
         .await
