@@ -518,6 +518,8 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
         last = total;
     }
 
+    wait_for_readiness(&node_a, 200, Duration::from_secs(5)).await;
+
     // A subscription killed under the node (the connection manager reconnects and
     // resubscribes); a vote meanwhile still reaches B, by the broker or by the reload.
     let mut admin = redis::Client::open(_redis.url())

@@ -320,6 +320,12 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
                     if now.duration_since(sent) >= PROBE_TIMEOUT {
                         probe = None;
                         inbound.trust.doubt("the subscription did not deliver a probe");
+                        // The connection manager resubscribes after a reconnect but ignores a
+                        // failure to; subscribing again is harmless if the subscription stands.
+                        resubscribe(
+                            inbound.connection.clone(),
+                            [inbound.changes_channel.clone(), inbound.node_channel.clone()],
+                        );
                         // Redis cannot be trusted: the store stands in until it can.
                         reload(&state).await;
                         next_probe = Instant::now() + DOUBTFUL_RETRY_INTERVAL;
@@ -395,6 +401,16 @@ fn send_probe(mut connection: ConnectionManager, channel: String, token: u64) {
             tokio::time::timeout(COMMAND_TIMEOUT, publish.query_async::<i64>(&mut connection));
         if let Ok(Err(error)) = published.await {
             tracing::debug!(%error, "a subscription probe could not be published");
+        }
+    });
+}
+
+fn resubscribe(mut connection: ConnectionManager, channels: [String; 2]) {
+    tokio::spawn(async move {
+        let subscribed =
+            tokio::time::timeout(COMMAND_TIMEOUT, connection.subscribe(channels.to_vec())).await;
+        if let Ok(Err(error)) = subscribed {
+            tracing::debug!(%error, "resubscribing failed; the next probe tries again");
         }
     });
 }
