@@ -320,6 +320,33 @@ async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_on
     })
     .await;
 
+    // An admin's credit and notice, both through A.
+    let admin = node_a.token(Role::Admin, Uuid::new_v4());
+    let (status, credited) = send(
+        reqwest::Client::new()
+            .post(node_a.http("/api/ledger/credit"))
+            .bearer_auth(&admin)
+            .json(&json!({"userId": viewer, "amount": 500, "reason": "cross-node test"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{credited}");
+    on_b.until(|message| {
+        matches!(message, ServerMessage::BalanceUpdated(updated) if updated.balance == balance + 500)
+    })
+    .await;
+    let (status, _) = send(
+        reqwest::Client::new()
+            .post(node_a.http("/api/notices"))
+            .bearer_auth(&admin)
+            .json(&json!({"channel": format!("streamer:{streamer}"), "code": "MAINTENANCE", "message": "back in 5"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    on_b.until(|message| {
+        matches!(message, ServerMessage::SystemNotice(notice) if notice.code == "MAINTENANCE")
+    })
+    .await;
+
     // Both nodes armed the event; the store's conditional close lets one of them win, and
     // every socket sees EVENT_CLOSED once, with the votes in it.
     for (name, socket) in [("B", &mut on_b), ("A", &mut on_a)] {
@@ -350,7 +377,7 @@ async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_on
     // before A's EVENT_CREATED arrives, and must not drop them.
     let raced = create_event_on(&node_a, streamer, 3).await;
     let balance = vote_on(&node_b, viewer, raced, 2).await;
-    assert_eq!(balance, 10_000 - 50);
+    assert_eq!(balance, 10_000 + 500 - 50);
     let quickly = Instant::now();
     for socket in [&mut on_b, &mut on_a] {
         socket

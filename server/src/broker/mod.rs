@@ -134,6 +134,13 @@ pub(crate) async fn apply_loading_unknown(
     state: &AppState,
     message: &BrokerMessage,
 ) -> Result<(), StoreError> {
+    if let BrokerMessage::EventCreated { event } = message {
+        if state.realtime.knows_event(event.id) {
+            // Already loaded from the store (a change to it came first) and armed then: a
+            // second arm would only cost a second close attempt.
+            return Ok(());
+        }
+    }
     let unknown = match message {
         BrokerMessage::TotalsChanged { event_id, .. }
         | BrokerMessage::EventClosed { event_id, .. } => {
