@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "LIVEVOTE_BROKER_URL", default_value = "memory")]
     pub broker_url: String,
 
+    /// Prefix of the broker's Redis channels: nodes with the same prefix form one cluster, so
+    /// several clusters (or parallel tests) can share a Redis.
+    #[arg(long, env = "LIVEVOTE_BROKER_PREFIX", default_value = "livevote")]
+    pub broker_prefix: String,
+
     /// HS256 secret for tokens; required unless --dev.
     #[arg(long, env = "LIVEVOTE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

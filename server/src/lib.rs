@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::broker::MemoryBroker;
+use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::{AuthFailureLimiter, UserRateLimiter};
@@ -48,6 +48,8 @@ pub enum StartError {
     Storage(#[from] StoreError),
     #[error("{0} is not available in this build yet; use sqlite:// and memory")]
     Unsupported(&'static str),
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -63,10 +65,16 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     } else {
         Arc::new(PostgresStore::connect(&config.database_url).await?)
     };
-    if config.broker_url != "memory" {
-        return Err(StartError::Unsupported("the redis broker"));
-    }
-    let (broker, mut broker_receiver) = MemoryBroker::new();
+    // With Redis the node subscribes before it loads what is live, and its applier reloads
+    // once the subscription is proven: nothing committed in between is missed.
+    let (broker, inbound): (Arc<dyn Broker>, Inbound) = if config.broker_url == "memory" {
+        let (broker, receiver) = MemoryBroker::new();
+        (Arc::new(broker), Inbound::Memory(receiver))
+    } else {
+        let (broker, inbound) =
+            RedisBroker::connect(&config.broker_url, &config.broker_prefix).await?;
+        (Arc::new(broker), Inbound::Redis(inbound))
+    };
     let realtime = Realtime::new(&config, clock.clone());
     let recent_closed =
         chrono::Duration::from_std(config.recent_closed).unwrap_or(chrono::Duration::MAX);
@@ -88,7 +96,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
         config,
         clock,
         store,
-        broker: Arc::new(broker),
+        broker,
         realtime: realtime.clone(),
         timers,
         metrics: metrics_handle(),
@@ -96,11 +104,18 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     });
 
     let applier_state = state.clone();
-    tokio::spawn(async move {
-        while let Some(message) = broker_receiver.recv().await {
-            applier_state.apply(&message);
+    match inbound {
+        Inbound::Memory(mut receiver) => {
+            tokio::spawn(async move {
+                while let Some(message) = receiver.recv().await {
+                    applier_state.apply(&message);
+                }
+            });
         }
-    });
+        Inbound::Redis(inbound) => {
+            tokio::spawn(broker::redis::run_applier(applier_state, inbound));
+        }
+    }
     let closing_state = state.clone();
     tokio::spawn(timers::run_timers(
         state.clock.clone(),
@@ -128,6 +143,12 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
         }
     });
     Ok(state)
+}
+
+/// What the node's one applier reads from.
+enum Inbound {
+    Memory(tokio::sync::mpsc::UnboundedReceiver<broker::BrokerMessage>),
+    Redis(broker::redis::RedisInbound),
 }
 
 /// The Prometheus recorder is process-wide; every server in this process shares it.

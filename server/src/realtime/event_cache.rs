@@ -303,6 +303,10 @@ impl EventCache {
             })
     }
 
+    pub(crate) fn contains(&self, event_id: Uuid) -> bool {
+        self.events.contains_key(&event_id)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.events.len()
     }

@@ -256,6 +256,12 @@ impl Realtime {
         self.events.read().open_events_of(streamer_id)
     }
 
+    /// Whether this node holds the event (a change to one it does not hold is loaded first,
+    /// see `broker::apply_loading_unknown`).
+    pub(crate) fn knows_event(&self, event_id: Uuid) -> bool {
+        self.events.read().contains(event_id)
+    }
+
     pub fn cached_event_count(&self) -> usize {
         self.events.read().len()
     }

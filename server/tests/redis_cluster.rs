@@ -1,0 +1,578 @@
+//! Two real nodes sharing one Postgres database and one Redis prefix: what one node commits
+//! (an event, its totals, its close, a balance) reaches a socket on the other, each event
+//! closes once, and a node whose Redis went away heals from the store without a restart. After
+//! each test an SQL audit checks the ledger. Skips, saying why, when Postgres
+//! (`LIVEVOTE_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) or
+//! Redis (`LIVEVOTE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) does not answer; the
+//! fault test also needs `redis-server` on the PATH for a private instance it can kill.
+
+mod common;
+mod socket_support;
+
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::*;
+use livevote_protocol::{Event, EventOption, Role, ServerMessage, Timestamp};
+use serde_json::{json, Value};
+use socket_support::{connect, Client};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A database created for this test and dropped afterwards, also when the test panics.
+struct TestDatabase {
+    name: String,
+    url: String,
+    admin: PgConnectOptions,
+}
+
+impl TestDatabase {
+    async fn create() -> Option<TestDatabase> {
+        let admin_url = std::env::var("LIVEVOTE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin = PgConnectOptions::from_str(&admin_url).expect("a Postgres URL");
+        let mut connection =
+            match tokio::time::timeout(Duration::from_secs(3), admin.connect()).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => {
+                    eprintln!("skipping: Postgres at {admin_url} is unreachable: {error}");
+                    return None;
+                }
+                Err(_) => {
+                    eprintln!("skipping: Postgres at {admin_url} did not answer within 3 s");
+                    return None;
+                }
+            };
+        let name = format!("livevote_test_{}", Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .expect("create a test database");
+        connection.close().await.ok();
+        let url = admin.clone().database(&name).to_url_lossy().to_string();
+        Some(TestDatabase { name, url, admin })
+    }
+
+    /// Totals equal the votes in the ledger, each user's last balance equals the sum of its
+    /// entries, and no balance is below 0.
+    async fn audit(&self) {
+        let mut connection = PgConnection::connect(&self.url).await.unwrap();
+        let count = |sql: &'static str| sqlx::query(sql);
+        let totals_off: i64 = count(
+            "SELECT count(*) FROM events AS e, json_each_text(e.totals::json) AS t(option_id, n)
+             WHERE t.n::bigint <> COALESCE((SELECT sum(l.votes) FROM ledger AS l
+                 WHERE l.event_id = e.id AND l.option_id = t.option_id), 0)",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(
+            totals_off, 0,
+            "an event's totals differ from its ledger votes"
+        );
+        let below_zero: i64 = count(
+            "SELECT count(*) FROM (SELECT user_id, sum(amount) AS total, min(balance) AS lowest
+             FROM ledger GROUP BY user_id) AS sums WHERE total < 0 OR lowest < 0",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(below_zero, 0, "a balance below 0");
+        let mismatched: i64 = count(
+            "SELECT count(*) FROM ledger AS l WHERE l.id = (SELECT max(id) FROM ledger
+             WHERE user_id = l.user_id) AND l.balance <> (SELECT sum(amount) FROM ledger
+             WHERE user_id = l.user_id)",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(
+            mismatched, 0,
+            "a balance differs from the sum of its entries"
+        );
+        connection.close().await.unwrap();
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop cannot await: a thread with a runtime of its own drops the database.
+        let name = self.name.clone();
+        let admin = self.admin.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let mut connection = admin.connect().await?;
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut connection)
+                    .await?;
+                connection.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the test database {}: {dropped:?}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Whether a Redis answers PING at `url` within 3 s.
+async fn redis_answers(url: &str) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|error| error.to_string())?;
+    let ping = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
+}
+
+fn shared_redis_url() -> String {
+    std::env::var("LIVEVOTE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A node's configuration: the shared database, the given Redis, this test's own prefix.
+fn node_config(
+    database: &TestDatabase,
+    redis_url: &str,
+    prefix: &str,
+) -> livevote_server::config::Config {
+    let mut config = test_config();
+    config.database_url = database.url.clone();
+    config.broker_url = redis_url.to_owned();
+    config.broker_prefix = prefix.to_owned();
+    config
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
+    let response = request.send().await.expect("the server answers");
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Waits (at most `limit`) for `/readyz` to answer `wanted`; returns how long it took.
+async fn wait_for_readiness(server: &TestServer, wanted: u16, limit: Duration) -> Duration {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let status = client
+            .get(server.http("/readyz"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map(|response| response.status().as_u16())
+            .unwrap_or(0);
+        if status == wanted {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/readyz still {status}, not {wanted}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_event_on(server: &TestServer, streamer: Uuid, seconds: i64) -> Uuid {
+    let worker = server.token(Role::Worker, Uuid::new_v4());
+    let (status, created) = send(
+        reqwest::Client::new()
+            .post(server.http("/api/events"))
+            .bearer_auth(&worker)
+            .json(&event_body(&server.state, streamer, seconds)),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created["event"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// An open event written straight to the store, as a node that died before publishing it
+/// leaves behind.
+async fn stored_event(server: &TestServer, streamer: Uuid, seconds: i64) -> Uuid {
+    let closes_at = server.state.clock.now() + chrono::Duration::seconds(seconds);
+    let event = Event {
+        id: Uuid::new_v4(),
+        streamer_id: streamer,
+        game_id: None,
+        title: "Never announced".into(),
+        options: ["red", "blue"]
+            .map(|id| EventOption {
+                id: id.into(),
+                label: id.into(),
+            })
+            .into(),
+        closes_at: Timestamp(closes_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+        cost_per_vote: 10,
+        prompt_versions: None,
+    };
+    server
+        .state
+        .store
+        .create_event(&event, closes_at)
+        .await
+        .expect("the store takes the event");
+    event.id
+}
+
+/// Votes `votes` for red; returns the answer's balance.
+async fn vote_on(server: &TestServer, voter: Uuid, event: Uuid, votes: u32) -> i64 {
+    let token = server.token(Role::Viewer, voter);
+    let (status, answer) = send(
+        reqwest::Client::new()
+            .post(server.http(&format!("/api/events/{event}/votes")))
+            .bearer_auth(&token)
+            .header("idempotency-key", Uuid::new_v4().to_string())
+            .json(&json!({"optionId": "red", "votes": votes})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["balance"].as_i64().unwrap()
+}
+
+/// A socket on `server` of `viewer`, subscribed to the streamer's channel and its own.
+async fn watcher(server: &TestServer, streamer: Uuid, viewer: Uuid) -> Client {
+    let token = server.token(Role::Viewer, viewer);
+    let mut socket =
+        connect(&server.socket_url(&format!("?streamerId={streamer}&token={token}"))).await;
+    socket.until_subscribed().await;
+    socket.subscribe(&[format!("user:{viewer}")]).await;
+    socket.until_subscribed().await;
+    socket.patience = Duration::from_secs(10);
+    socket
+}
+
+fn red_total(message: &ServerMessage, event: Uuid) -> Option<u64> {
+    match message {
+        ServerMessage::EventUpdated(updated) if updated.event_id == event => {
+            updated.totals.get("red").copied()
+        }
+        _ => None,
+    }
+}
+
+/// Reads for `window` and returns what came (the socket stays open).
+async fn read_for(socket: &mut Client, window: Duration) -> Vec<ServerMessage> {
+    let deadline = Instant::now() + window;
+    let mut seen = Vec::new();
+    while let Ok(received) = tokio::time::timeout_at(deadline, socket.next()).await {
+        match received {
+            socket_support::Received::Message(message) => seen.push(message),
+            socket_support::Received::Closed(code) => panic!("the socket closed: {code:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_once() {
+    let redis_url = shared_redis_url();
+    if let Err(error) = redis_answers(&redis_url).await {
+        eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
+        return;
+    }
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
+    let config = node_config(&database, &redis_url, &prefix);
+    let node_a = TestServer::start_with(config.clone()).await;
+    let node_b = TestServer::start_with(config).await;
+    wait_for_readiness(&node_a, 200, Duration::from_secs(10)).await;
+    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+
+    let streamer = Uuid::new_v4();
+    let viewer = Uuid::new_v4();
+    let mut on_b = watcher(&node_b, streamer, viewer).await;
+    let mut on_a = watcher(&node_a, streamer, Uuid::new_v4()).await;
+
+    let event = create_event_on(&node_a, streamer, 3).await;
+    on_b.until(|message| {
+        matches!(message, ServerMessage::EventCreated(created) if created.event.id == event)
+    })
+    .await;
+
+    let balance = vote_on(&node_a, viewer, event, 3).await;
+    assert_eq!(balance, 10_000 - 30);
+    let (mut saw_totals, mut saw_balance) = (false, false);
+    on_b.until(|message| {
+        saw_totals |= red_total(message, event) == Some(3);
+        saw_balance |= matches!(message, ServerMessage::BalanceUpdated(updated)
+            if updated.balance == balance && updated.user_id == Some(viewer));
+        saw_totals && saw_balance
+    })
+    .await;
+
+    // An admin's credit and notice, both through A.
+    let admin = node_a.token(Role::Admin, Uuid::new_v4());
+    let (status, credited) = send(
+        reqwest::Client::new()
+            .post(node_a.http("/api/ledger/credit"))
+            .bearer_auth(&admin)
+            .json(&json!({"userId": viewer, "amount": 500, "reason": "cross-node test"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{credited}");
+    on_b.until(|message| {
+        matches!(message, ServerMessage::BalanceUpdated(updated) if updated.balance == balance + 500)
+    })
+    .await;
+    let (status, _) = send(
+        reqwest::Client::new()
+            .post(node_a.http("/api/notices"))
+            .bearer_auth(&admin)
+            .json(&json!({"channel": format!("streamer:{streamer}"), "code": "MAINTENANCE", "message": "back in 5"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    on_b.until(|message| {
+        matches!(message, ServerMessage::SystemNotice(notice) if notice.code == "MAINTENANCE")
+    })
+    .await;
+
+    // Both nodes armed the event; the store's conditional close lets one of them win, and
+    // every socket sees EVENT_CLOSED once, with the votes in it.
+    for (name, socket) in [("B", &mut on_b), ("A", &mut on_a)] {
+        let seen = socket
+            .until(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == event))
+            .await;
+        let Some(ServerMessage::EventClosed(closed)) = seen.last() else {
+            unreachable!()
+        };
+        assert_eq!(closed.result.totals.get("red"), Some(&3), "node {name}");
+        let later = read_for(socket, Duration::from_millis(1500)).await;
+        let again = later
+            .iter()
+            .filter(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == event))
+            .count();
+        assert_eq!(again, 0, "node {name}'s socket saw EVENT_CLOSED twice");
+    }
+    let mut connection = PgConnection::connect(&database.url).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
+        .bind(event)
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(status, "closed");
+    connection.close().await.unwrap();
+
+    // Created on A, then voted on through B at once: B may apply its own vote's totals
+    // before A's EVENT_CREATED arrives, and must not drop them.
+    let raced = create_event_on(&node_a, streamer, 3).await;
+    let balance = vote_on(&node_b, viewer, raced, 2).await;
+    assert_eq!(balance, 10_000 + 500 - 50);
+    let quickly = Instant::now();
+    for socket in [&mut on_b, &mut on_a] {
+        socket
+            .until(|message| red_total(message, raced) == Some(2))
+            .await;
+    }
+    assert!(
+        quickly.elapsed() < Duration::from_secs(3),
+        "the raced totals came only after {:?} (an anti-entropy pass, not the broker)",
+        quickly.elapsed()
+    );
+
+    // Committed by a node that died before publishing it (written here straight to the
+    // store): no node has heard of the event when a vote on B changes its totals. B loads it
+    // from the store rather than dropping the change, and its socket sees both at once.
+    let unheard = stored_event(&node_a, streamer, 3).await;
+    vote_on(&node_b, viewer, unheard, 4).await;
+    let quickly = Instant::now();
+    let seen = on_b
+        .until(|message| red_total(message, unheard) == Some(4))
+        .await;
+    assert!(
+        quickly.elapsed() < Duration::from_secs(3),
+        "the unheard-of event came only after {:?} (an anti-entropy pass, not the vote)",
+        quickly.elapsed()
+    );
+    assert!(seen.iter().any(
+        |message| matches!(message, ServerMessage::EventCreated(created) if created.event.id == unheard)
+    ));
+
+    // A stops before the events are due: B armed it too when A's EVENT_CREATED arrived, so it
+    // closes on time without A.
+    node_a.stop().await;
+    let seen = on_b
+        .until(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == raced))
+        .await;
+    let Some(ServerMessage::EventClosed(closed)) = seen.last() else {
+        unreachable!()
+    };
+    assert_eq!(closed.result.totals.get("red"), Some(&2));
+    on_b.until(|message| matches!(message, ServerMessage::EventClosed(closed) if closed.event_id == unheard))
+        .await;
+
+    node_b.stop().await;
+    database.audit().await;
+}
+
+/// A private Redis this test may kill: `redis-server --port P --save ""`.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start(port: u16) -> Result<PrivateRedis, String> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| format!("redis-server could not start: {error}"))?;
+        let redis = PrivateRedis {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while redis_answers(&redis.url()).await.is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server on port {port} did not answer within 5 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_from_the_store() {
+    let port = free_port();
+    let mut redis = match PrivateRedis::start(port).await {
+        Ok(redis) => redis,
+        Err(error) => {
+            eprintln!("skipping: {error}");
+            return;
+        }
+    };
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
+    let config = node_config(&database, &redis.url(), &prefix);
+    let node_a = TestServer::start_with(config.clone()).await;
+    let node_b = TestServer::start_with(config).await;
+    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+
+    let streamer = Uuid::new_v4();
+    let viewer = Uuid::new_v4();
+    let mut on_b = watcher(&node_b, streamer, viewer).await;
+    let event = create_event_on(&node_a, streamer, 600).await;
+    vote_on(&node_a, viewer, event, 1).await;
+    on_b.until(|message| red_total(message, event) == Some(1))
+        .await;
+
+    // Redis dies: B says it cannot trust its view, while A goes on taking votes that Redis
+    // cannot carry.
+    redis.kill();
+    wait_for_readiness(&node_b, 503, Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        vote_on(&node_a, viewer, event, 1).await;
+    }
+    // Longer than the broker's command timeout: A's publications of those votes are given up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    let _redis = PrivateRedis::start(port)
+        .await
+        .expect("redis-server restarts");
+    // Within 5 s of Redis coming back B is ready again and its socket shows the votes that
+    // were never carried: reloaded from the store.
+    wait_for_readiness(&node_b, 200, Duration::from_secs(5)).await;
+    let seen = on_b
+        .until(|message| red_total(message, event) == Some(5))
+        .await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(6),
+        "healed only after {:?}",
+        restarted.elapsed()
+    );
+    let mut last = 1;
+    for total in seen.iter().filter_map(|message| red_total(message, event)) {
+        assert!(total >= last, "totals went backwards: {last} then {total}");
+        last = total;
+    }
+
+    wait_for_readiness(&node_a, 200, Duration::from_secs(5)).await;
+
+    // A subscription killed under the node (the connection manager reconnects and
+    // resubscribes); a vote meanwhile still reaches B, by the broker or by the reload.
+    let mut admin = redis::Client::open(_redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        killed >= 2,
+        "both nodes' subscriptions were killed ({killed})"
+    );
+    vote_on(&node_a, viewer, event, 2).await;
+    let killed_at = Instant::now();
+    on_b.until(|message| red_total(message, event) == Some(7))
+        .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+    wait_for_readiness(&node_b, 200, Duration::from_secs(5)).await;
+
+    node_a.stop().await;
+    node_b.stop().await;
+    database.audit().await;
+}
