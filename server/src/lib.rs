@@ -44,13 +44,12 @@ use crate::timers::EventTimers;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("storage: {0}")]
+    // `main` prints the chain of causes (`{:#}`), so each level names only itself.
+    #[error("storage")]
     Storage(#[from] StoreError),
-    #[error("{0} is not available in this build yet; use sqlite:// and memory")]
-    Unsupported(&'static str),
-    #[error("broker: {0}")]
+    #[error("broker")]
     Broker(#[from] BrokerError),
-    #[error("listen: {0}")]
+    #[error("listen")]
     Io(#[from] std::io::Error),
 }
 

@@ -41,11 +41,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            let unsupported = matches!(
+            // A broker URL that cannot be used is an invalid option, like every other: exit 2.
+            let misconfigured = matches!(
                 error.downcast_ref::<livevote_server::StartError>(),
-                Some(livevote_server::StartError::Unsupported(_))
+                Some(livevote_server::StartError::Broker(
+                    livevote_server::broker::BrokerError::Configuration(_)
+                ))
             );
-            if unsupported || error.is::<ConfigurationError>() {
+            if misconfigured || error.is::<ConfigurationError>() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

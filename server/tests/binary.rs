@@ -41,6 +41,21 @@ fn invalid_configuration_is_one_line_and_exit_code_2() {
             "--broker-url",
             "kafka://x",
         ],
+        // A Redis URL that cannot be parsed is found at start-up, before binding.
+        &[
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite::memory:",
+            "--broker-url",
+            "redis://[not-a-host/",
+            // Below the open-file limit, so no warning about lowering them comes first.
+            "--max-open-connections",
+            "1000",
+            "--max-connections",
+            "1000",
+        ],
         &["--dev", "--allowed-origins", "ftp://nope"],
         &["--dev", "--tls-cert", "only-a-cert.pem"],
         // Files that do not exist are found before binding, not after `listening on`.

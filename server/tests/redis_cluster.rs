@@ -488,6 +488,55 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A balance change that no node published (committed straight to the store, as by a node
+/// that died between COMMIT and PUBLISH) reaches the user's socket on another node through the
+/// periodic resync, which reads balances back with their ledger versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_change_nobody_published_reaches_the_socket_by_the_periodic_resync() {
+    let redis_url = shared_redis_url();
+    if let Err(error) = redis_answers(&redis_url).await {
+        eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
+        return;
+    }
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
+    let config = node_config(&database, &redis_url, &prefix);
+    let node_a = TestServer::start_with(config.clone()).await;
+    let node_b = TestServer::start_with(config).await;
+    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+
+    let viewer = Uuid::new_v4();
+    let mut on_b = watcher(&node_b, Uuid::new_v4(), viewer).await;
+    let receipt = node_a
+        .state
+        .store
+        .credit(livevote_storage::CreditCommand {
+            admin_id: Uuid::new_v4(),
+            user_id: viewer,
+            amount: 77,
+            reason: "committed, never published".into(),
+            idempotency: None,
+            initial_balance: 0,
+        })
+        .await
+        .expect("the store takes the credit");
+    // Bounded well past one anti-entropy period (5 s), whatever else the socket receives.
+    let arrived = tokio::time::timeout(
+        Duration::from_secs(15),
+        on_b.until(|message| {
+            matches!(message, ServerMessage::BalanceUpdated(update)
+                if update.balance == receipt.balance)
+        }),
+    )
+    .await;
+    assert!(arrived.is_ok(), "the credit never reached B's socket");
+    node_a.stop().await;
+    node_b.stop().await;
+    database.audit().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_from_the_store() {
     let port = free_port();
@@ -519,8 +568,9 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     // cannot carry.
     redis.kill();
     wait_for_readiness(&node_b, 503, Duration::from_secs(5)).await;
+    let mut balance_after_outage = 0;
     for _ in 0..4 {
-        vote_on(&node_a, viewer, event, 1).await;
+        balance_after_outage = vote_on(&node_a, viewer, event, 1).await;
     }
     // Longer than the broker's command timeout: A's publications of those votes are given up.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -539,6 +589,15 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
         "healed only after {:?}",
         restarted.elapsed()
     );
+    // The viewer's balance too: its BALANCE_UPDATED was lost with the votes, and the resync
+    // reads it back from the ledger with its version.
+    let balance_is = |message: &ServerMessage| {
+        matches!(message, ServerMessage::BalanceUpdated(update)
+            if update.balance == balance_after_outage)
+    };
+    if !seen.iter().any(balance_is) {
+        on_b.until(balance_is).await;
+    }
     let mut last = 1;
     for total in seen.iter().filter_map(|message| red_total(message, event)) {
         assert!(total >= last, "totals went backwards: {last} then {total}");

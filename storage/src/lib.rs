@@ -149,6 +149,22 @@ pub struct CloseOutcome {
     pub newly_closed: bool,
 }
 
+/// A user's balance with the ledger entry that produced it: the same version a
+/// [`VoteReceipt`] or [`CreditReceipt`] carries, so a cache can keep whichever is newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionedBalance {
+    /// Whose balance.
+    pub user_id: Uuid,
+    /// Points the user holds, never below 0.
+    pub balance: i64,
+    /// The id of the ledger entry that produced `balance`.
+    pub version: u64,
+}
+
+/// Most users one [`Store::balances`] statement asks for; longer lists are read in chunks so
+/// that no statement nears a database's limit of bound parameters.
+pub const BALANCES_PER_QUERY: usize = 500;
+
 /// One entry of the append-only ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerEntry {
@@ -285,6 +301,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's balance, `None` if the ledger has never seen the user.
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError>;
+
+    /// The latest balance and its version for each of `user_ids` the ledger has seen (users
+    /// it has never seen are left out), in no particular order: how a node that may have
+    /// missed balance changes brings its cache back to the truth.
+    async fn balances(&self, user_ids: &[Uuid]) -> Result<Vec<VersionedBalance>, StoreError>;
 
     /// Persists a validated event (its totals start at zero for every option).
     async fn create_event(

@@ -30,7 +30,8 @@ use uuid::Uuid;
 use crate::batch::{until, Queue, Writer};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
-    LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
+    LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VersionedBalance, VoteCommand,
+    VoteReceipt, BALANCES_PER_QUERY,
 };
 
 pub use crate::batch::WriterOptions;
@@ -187,6 +188,28 @@ impl Store for PostgresStore {
         .fetch_optional(&self.readers)
         .await?;
         Ok(balance)
+    }
+
+    async fn balances(&self, user_ids: &[Uuid]) -> Result<Vec<VersionedBalance>, StoreError> {
+        let mut found = Vec::with_capacity(user_ids.len());
+        for chunk in user_ids.chunks(BALANCES_PER_QUERY) {
+            self.queries.add(1);
+            let rows = sqlx::query(
+                "SELECT DISTINCT ON (user_id) user_id, balance, id FROM ledger \
+                 WHERE user_id = ANY($1) ORDER BY user_id, id DESC",
+            )
+            .bind(chunk)
+            .fetch_all(&self.readers)
+            .await?;
+            for row in rows {
+                found.push(VersionedBalance {
+                    user_id: row.try_get("user_id")?,
+                    balance: row.try_get("balance")?,
+                    version: u64::try_from(row.try_get::<i64, _>("id")?).unwrap_or(0),
+                });
+            }
+        }
+        Ok(found)
     }
 
     async fn create_event(

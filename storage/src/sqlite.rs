@@ -30,7 +30,8 @@ use uuid::Uuid;
 use crate::batch::{Queue, Writer};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventFilter, EventRecord,
-    LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VoteCommand, VoteReceipt,
+    LedgerEntry, QueryCounter, Store, StoreError, Unavailable, VersionedBalance, VoteCommand,
+    VoteReceipt, BALANCES_PER_QUERY,
 };
 
 pub use crate::batch::WriterOptions;
@@ -222,6 +223,30 @@ impl Store for SqliteStore {
         .fetch_optional(&self.readers)
         .await?;
         Ok(balance)
+    }
+
+    async fn balances(&self, user_ids: &[Uuid]) -> Result<Vec<VersionedBalance>, StoreError> {
+        let mut found = Vec::with_capacity(user_ids.len());
+        for chunk in user_ids.chunks(BALANCES_PER_QUERY) {
+            self.queries.add(1);
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT user_id, balance, id FROM ledger WHERE id IN \
+                 (SELECT max(id) FROM ledger WHERE user_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for user_id in chunk {
+                ids.push_bind(*user_id);
+            }
+            query.push(") GROUP BY user_id)");
+            for row in query.build().fetch_all(&self.readers).await? {
+                found.push(VersionedBalance {
+                    user_id: row.try_get("user_id")?,
+                    balance: row.try_get("balance")?,
+                    version: u64::try_from(row.try_get::<i64, _>("id")?).unwrap_or(0),
+                });
+            }
+        }
+        Ok(found)
     }
 
     async fn create_event(

@@ -370,3 +370,43 @@ async fn balance_versions_grow_with_every_change(database: TestDatabase) {
 }
 
 on_every_store!(balance_versions_grow_with_every_change);
+
+/// What a node reads to bring its balance cache back to the truth: the newest balance of each
+/// known user with the version its receipts carried; unknown users are left out.
+async fn balances_are_read_with_the_version_of_their_last_change(database: TestDatabase) {
+    let store = database.connect().await;
+    let event = open_event(&store, 1).await;
+    let (voter, credited, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store.ensure_user(voter, 100).await.unwrap();
+    store.ensure_user(credited, 10).await.unwrap();
+    let receipt = store.cast_vote(vote(voter, &event, "a", 3)).await.unwrap();
+    let credit_receipt = store
+        .credit(credit(Uuid::new_v4(), credited, 5))
+        .await
+        .unwrap();
+    let mut found = store.balances(&[voter, stranger, credited]).await.unwrap();
+    found.sort_by_key(|balance| balance.user_id != voter);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        (found[0].user_id, found[0].balance, found[0].version),
+        (voter, receipt.balance, receipt.balance_version)
+    );
+    assert_eq!(
+        (found[1].user_id, found[1].balance, found[1].version),
+        (
+            credited,
+            credit_receipt.balance,
+            credit_receipt.balance_version
+        )
+    );
+    // More users than one statement takes are read in chunks.
+    let many: Vec<Uuid> = std::iter::once(voter)
+        .chain((0..livevote_storage::BALANCES_PER_QUERY + 5).map(|_| Uuid::new_v4()))
+        .collect();
+    assert_eq!(store.balances(&many).await.unwrap().len(), 1);
+    assert!(store.balances(&[]).await.unwrap().is_empty());
+    store.close().await;
+    database.audit().await;
+}
+
+on_every_store!(balances_are_read_with_the_version_of_their_last_change);

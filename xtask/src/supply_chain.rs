@@ -48,7 +48,8 @@ fn advisories(root: &Path) -> Result<()> {
         println!("advisories ok (database as of {})", database_date());
         return Ok(());
     }
-    if !report.contains("failed to fetch advisory database") {
+    // A finding names its advisory; anything else is the database that could not be had.
+    if names_an_advisory(&report) {
         eprintln!("{report}");
         bail!("cargo deny found advisories");
     }
@@ -67,16 +68,22 @@ fn advisories(root: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    if local_report.contains("advisory database") && !local_report.contains("RUSTSEC-") {
-        println!(
-            "advisories skipped: RustSec's database cannot be fetched here and none is on this \
-             machine ({})",
-            first_error_line(&report)
-        );
-        return Ok(());
+    if names_an_advisory(&local_report) {
+        eprintln!("{local_report}");
+        bail!("cargo deny found advisories (local database)");
     }
-    eprintln!("{local_report}");
-    bail!("cargo deny found advisories (local database)")
+    println!(
+        "advisories skipped: RustSec's database cannot be fetched here and none is on this \
+         machine ({})",
+        first_error_line(&report)
+    );
+    Ok(())
+}
+
+/// cargo-deny reports a finding as a diagnostic (`error[vulnerability]`, `error[yanked]`…);
+/// a database it could not fetch or open is a log line (`[ERROR]`) instead.
+fn names_an_advisory(report: &str) -> bool {
+    report.contains("RUSTSEC-") || report.contains("error[")
 }
 
 fn first_error_line(report: &str) -> &str {

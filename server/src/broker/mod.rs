@@ -123,6 +123,16 @@ pub(crate) async fn resync_from_store(state: &AppState) -> Result<usize, StoreEr
     for record in live {
         apply_record(state, record);
     }
+    // Balances too: a lost BALANCE_UPDATED would otherwise show until the user's next change.
+    // Each comes with its ledger version, so the cache keeps it only where it is newer.
+    let users = state.realtime.cached_balance_users();
+    for found in state.store.balances(&users).await? {
+        state.realtime.apply(&BrokerMessage::BalanceChanged {
+            user_id: found.user_id,
+            balance: found.balance,
+            version: found.version,
+        });
+    }
     Ok(count)
 }
 

@@ -68,6 +68,14 @@ impl BalanceCache {
             .is_some()
     }
 
+    /// Every cached user, for a resync from the store; reading the list keeps no one.
+    pub(crate) fn users(&self) -> Vec<Uuid> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.lock().keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// The balance and its version, if known.
     pub(crate) fn get(&self, user_id: Uuid) -> Option<(i64, u64)> {
         self.shard(user_id).lock().get_mut(&user_id).map(|cached| {

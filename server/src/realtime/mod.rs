@@ -241,6 +241,11 @@ impl Realtime {
     }
 
     /// One sweep of the balance cache (see `BalanceCache::sweep`); returns the users left.
+    /// Users whose balance this node caches (and so shows on sockets).
+    pub fn cached_balance_users(&self) -> Vec<Uuid> {
+        self.balances.users()
+    }
+
     pub fn sweep_balances(&self) -> usize {
         self.balances.sweep()
     }

@@ -201,6 +201,12 @@ impl Store for AnyStore {
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
         self.deref().balance(user_id).await
     }
+    async fn balances(
+        &self,
+        user_ids: &[Uuid],
+    ) -> Result<Vec<livevote_storage::VersionedBalance>, StoreError> {
+        self.deref().balances(user_ids).await
+    }
     async fn create_event(
         &self,
         event: &Event,
