@@ -112,7 +112,11 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
             });
         }
         Inbound::Redis(inbound) => {
-            tokio::spawn(broker::redis::run_applier(applier_state, inbound));
+            tokio::spawn(broker::redis::run_applier(
+                Arc::new(applier_state),
+                inbound,
+                shutdown.clone(),
+            ));
         }
     }
     let closing_state = state.clone();

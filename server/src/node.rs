@@ -19,6 +19,8 @@ use crate::error::AppError;
 use crate::state::AppState;
 use crate::timers::CloseAttempt;
 
+mod resync;
+
 impl AppState {
     /// Applies a change received from the broker to this node: timers and sockets.
     pub(crate) fn apply(&self, message: &BrokerMessage) {

@@ -27,11 +27,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
-use crate::ledger::{check_credit_call, check_vote_call, compare_existing, Changes, Ledger, Plan};
+use crate::ledger::{compare_existing, Changes, Ledger, Plan};
 use crate::{
     CloseOutcome, CreateOutcome, CreditCommand, CreditReceipt, EventRecord, StoreError,
     Unavailable, VoteCommand, VoteReceipt,
 };
+
+mod queue;
+
+pub(crate) use queue::{until, Queue};
 
 /// Most commands committed together. Large enough that one fsync serves hundreds of votes,
 /// small enough that no statement comes near a database's limit of bound parameters.
@@ -482,163 +486,6 @@ impl Default for WriterOptions {
             // Orchestrators' probes time out after about a second.
             ready_deadline: Duration::from_secs(1),
             queue_capacity: 8192,
-        }
-    }
-}
-
-/// The callers' side of the writer's queue.
-pub(crate) struct Queue {
-    commands: mpsc::Sender<Queued>,
-    options: WriterOptions,
-    /// When a readiness probe last committed. Held while a probe is in flight, so that
-    /// concurrent `ready` calls share one probe instead of each adding one to the queue (the
-    /// endpoint is public: a flood of probes must not crowd out votes).
-    last_ready: tokio::sync::Mutex<Option<Instant>>,
-}
-
-impl Queue {
-    /// A queue and the receiver the writer task serves.
-    pub(crate) fn new(options: WriterOptions) -> (Queue, mpsc::Receiver<Queued>) {
-        let (commands, receiver) = mpsc::channel(options.queue_capacity.max(1));
-        let queue = Queue {
-            commands,
-            options,
-            last_ready: tokio::sync::Mutex::new(None),
-        };
-        (queue, receiver)
-    }
-
-    /// Sends a write and waits for its answer, at most the call deadline.
-    pub(crate) async fn ask<T>(
-        &self,
-        command: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, StoreError> {
-        self.ask_until(Instant::now() + self.options.call_deadline, command)
-            .await
-    }
-
-    /// The writes every store offers, each one command for the writer: the stores differ only
-    /// in their reads and their `Backend`, so these are written once, here.
-    pub(crate) async fn ensure_user(
-        &self,
-        user_id: Uuid,
-        initial_balance: i64,
-    ) -> Result<i64, StoreError> {
-        self.ask(|reply| Command::EnsureUser {
-            user_id,
-            initial_balance,
-            reply,
-        })
-        .await
-    }
-
-    pub(crate) async fn create_event(
-        &self,
-        event: &Event,
-        closes_at: DateTime<Utc>,
-    ) -> Result<CreateOutcome, StoreError> {
-        let event = Box::new(event.clone());
-        self.ask(|reply| Command::CreateEvent {
-            event,
-            closes_at,
-            reply,
-        })
-        .await
-    }
-
-    pub(crate) async fn cast_vote(&self, command: VoteCommand) -> Result<VoteReceipt, StoreError> {
-        check_vote_call(&command)?;
-        self.ask(|reply| Command::CastVote { command, reply }).await
-    }
-
-    pub(crate) async fn close_event(
-        &self,
-        event_id: Uuid,
-        chosen_option: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<CloseOutcome, StoreError> {
-        self.ask(|reply| Command::CloseEvent {
-            event_id,
-            chosen_option,
-            now,
-            reply,
-        })
-        .await
-    }
-
-    pub(crate) async fn credit(&self, command: CreditCommand) -> Result<CreditReceipt, StoreError> {
-        check_credit_call(&command)?;
-        self.ask(|reply| Command::Credit { command, reply }).await
-    }
-
-    /// Waits until a batch holding the write lock has committed, at most the ready deadline.
-    /// A probe that committed while this call waited for another's counts for it too.
-    pub(crate) async fn ready(&self) -> Result<(), StoreError> {
-        let asked_at = Instant::now();
-        let deadline = asked_at + self.options.ready_deadline;
-        let Some(mut last_ready) = until(deadline, self.last_ready.lock()).await else {
-            return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
-        };
-        if last_ready.is_some_and(|committed| committed >= asked_at) {
-            return Ok(());
-        }
-        self.ask_until(deadline, |reply| Command::Ready { reply })
-            .await?;
-        *last_ready = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn ask_until<T>(
-        &self,
-        deadline: Instant,
-        command: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, StoreError> {
-        if Instant::now() >= deadline {
-            // Sent now, it would only wait in the queue to be refused.
-            return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
-        }
-        let (reply, answer) = oneshot::channel();
-        let queued = Queued {
-            command: command(reply),
-            deadline,
-        };
-        match self.commands.try_send(queued) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(StoreError::Unavailable(Unavailable::QueueFull))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(StoreError::Unavailable(Unavailable::WriterStopped))
-            }
-        }
-        match until(deadline, answer).await {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(StoreError::Unavailable(Unavailable::WriterStopped)),
-            None => Err(StoreError::Unavailable(Unavailable::DeadlineExceeded)),
-        }
-    }
-
-    /// Stops taking commands; the writer finishes what is queued, then ends.
-    pub(crate) fn close(self) {
-        drop(self.commands);
-    }
-}
-
-/// `future`'s output if it comes before `deadline` by the wall clock. Not by tokio's timer
-/// alone: under a paused test clock its time jumps ahead whenever the runtime idles, as it does
-/// while the database's thread works, and the deadline would pass at once.
-pub(crate) async fn until<F: std::future::Future>(
-    deadline: Instant,
-    future: F,
-) -> Option<F::Output> {
-    tokio::pin!(future);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        if let Ok(output) = tokio::time::timeout(left, &mut future).await {
-            return Some(output);
         }
     }
 }

@@ -24,10 +24,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{apply_loading_unknown, resync_from_store, Broker, BrokerError, BrokerMessage};
-use crate::state::AppState;
+use super::{Broker, BrokerError, BrokerMessage, ChangeApplier};
 
 /// How often a trusted node proves its subscription and reloads from the store.
 const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(5);
@@ -249,7 +249,11 @@ struct Origin {
 /// reloads from the store, all in one task so that nothing is applied out of order and a
 /// reload needs no lock (what arrives meanwhile waits in the channels and is applied after,
 /// where the cache's seq and version gates keep anything older from winning).
-pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
+pub async fn run_applier(
+    node: Arc<dyn ChangeApplier>,
+    mut inbound: RedisInbound,
+    shutdown: CancellationToken,
+) {
     let mut origins: HashMap<Uuid, Origin> = HashMap::new();
     let mut probe: Option<(u64, Instant)> = None;
     let mut next_probe = Instant::now();
@@ -259,9 +263,9 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
     loop {
         tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             Some(message) = inbound.local.recv() => {
-                apply_or_doubt(&state, &inbound.trust, &message, &mut next_probe).await;
+                apply_or_doubt(node.as_ref(), &inbound.trust, &message, &mut next_probe).await;
             }
             Some(push) = inbound.pushes.recv() => match push.kind {
                 PushKind::Disconnection => {
@@ -281,7 +285,7 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
                             probe = None;
                             // The subscription delivers: what is committed from now on
                             // arrives, and the reload covers what was committed before.
-                            if reload(&state).await {
+                            if reload(node.as_ref()).await {
                                 inbound.trust.restore();
                                 next_probe = Instant::now() + ANTI_ENTROPY_INTERVAL;
                             } else {
@@ -308,7 +312,7 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
                             }
                         }
                         for message in &envelope.msgs {
-                            apply_or_doubt(&state, &inbound.trust, message, &mut next_probe).await;
+                            apply_or_doubt(node.as_ref(), &inbound.trust, message, &mut next_probe).await;
                         }
                     }
                 }
@@ -327,7 +331,7 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
                             [inbound.changes_channel.clone(), inbound.node_channel.clone()],
                         );
                         // Redis cannot be trusted: the store stands in until it can.
-                        reload(&state).await;
+                        reload(node.as_ref()).await;
                         next_probe = Instant::now() + DOUBTFUL_RETRY_INTERVAL;
                     }
                 }
@@ -344,12 +348,12 @@ pub async fn run_applier(state: AppState, mut inbound: RedisInbound) {
 /// Applies one message; a store failure while loading an unknown event leaves the node in
 /// doubt, and the next reload brings the event in.
 async fn apply_or_doubt(
-    state: &AppState,
+    node: &dyn ChangeApplier,
     trust: &Trust,
     message: &BrokerMessage,
     next_probe: &mut Instant,
 ) {
-    if let Err(error) = apply_loading_unknown(state, message).await {
+    if let Err(error) = node.apply_change(message).await {
         tracing::warn!(%error, "an unknown event could not be loaded from the store");
         trust.doubt("the store could not be read");
         *next_probe = Instant::now();
@@ -377,8 +381,8 @@ fn lost_envelopes(origins: &mut HashMap<Uuid, Origin>, envelope: &Envelope) -> b
     }
 }
 
-async fn reload(state: &AppState) -> bool {
-    match resync_from_store(state).await {
+async fn reload(node: &dyn ChangeApplier) -> bool {
+    match node.resync_from_store().await {
         Ok(count) => {
             metrics::counter!("livevote_broker_resyncs_total").increment(1);
             tracing::debug!(events = count, "reloaded live events from the store");

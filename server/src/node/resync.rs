@@ -1,0 +1,121 @@
+//! How a node catches up with the store when it may have missed changes from other nodes:
+//! applying a stored record as the messages it stands for, reloading everything live, and
+//! loading an event first heard of through a change to it. Used by the Redis broker's applier
+//! through [`ChangeApplier`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livevote_protocol::EventStatus;
+use livevote_storage::{EventRecord, StoreError};
+
+use crate::broker::{BrokerMessage, ChangeApplier};
+use crate::state::AppState;
+
+impl AppState {
+    /// The events of one stored record as broker messages, applied so that a node that missed
+    /// them ends where the store is: created (arming the timer if open) when this node does not
+    /// know the event, the newer totals, and the close. Everything is gated in the cache (a known
+    /// event is not created twice, totals only move forward, a close is shown once), so applying
+    /// a record the node already holds changes nothing.
+    fn apply_record(&self, record: EventRecord) {
+        let event_id = record.event.id;
+        let open = record.status == EventStatus::Open;
+        if !self.realtime.knows_event(event_id) {
+            let created = BrokerMessage::EventCreated {
+                event: record.event,
+            };
+            if open {
+                // Through the node's apply: it arms the timer, so every node closes on time.
+                self.apply(&created);
+            } else {
+                self.realtime.apply(&created);
+            }
+        }
+        if open {
+            self.realtime.apply(&BrokerMessage::TotalsChanged {
+                event_id,
+                totals: record.totals,
+                seq: record.seq,
+            });
+        } else if let Some(result) = record.result {
+            let closed_at = record.closed_at.unwrap_or(record.closes_at);
+            self.realtime.apply(&BrokerMessage::EventClosed {
+                event_id,
+                result,
+                seq: record.seq,
+                closed_at_ms: closed_at.timestamp_millis(),
+            });
+        }
+    }
+
+    /// Reloads what is live from the store (the truth) into this node's caches and sockets.
+    /// Returns how many events the store holds live.
+    async fn reload_from_store(&self) -> Result<usize, StoreError> {
+        let live = self.store.live_events(self.closed_since()).await?;
+        let count = live.len();
+        for record in live {
+            self.apply_record(record);
+        }
+        // Balances too: a lost BALANCE_UPDATED would otherwise show until the user's next change.
+        // Each comes with its ledger version, so the cache keeps it only where it is newer.
+        let users = self.realtime.cached_balance_users();
+        for found in self.store.balances(&users).await? {
+            self.realtime.apply(&BrokerMessage::BalanceChanged {
+                user_id: found.user_id,
+                balance: found.balance,
+                version: found.version,
+            });
+        }
+        Ok(count)
+    }
+
+    /// Applies one message; a change to an event this node has not heard of yet (its
+    /// EVENT_CREATED is still on its way from another node, or was lost) first loads that event
+    /// from the store, so the change is not dropped. Events closed longer ago than snapshots show
+    /// them are left alone.
+    async fn apply_loading_unknown(&self, message: &BrokerMessage) -> Result<(), StoreError> {
+        if let BrokerMessage::EventCreated { event } = message {
+            if self.realtime.knows_event(event.id) {
+                // Already loaded from the store (a change to it came first) and armed then: a
+                // second arm would only cost a second close attempt.
+                return Ok(());
+            }
+        }
+        let unknown = match message {
+            BrokerMessage::TotalsChanged { event_id, .. }
+            | BrokerMessage::EventClosed { event_id, .. } => {
+                Some(*event_id).filter(|event_id| !self.realtime.knows_event(*event_id))
+            }
+            _ => None,
+        };
+        if let Some(event_id) = unknown {
+            if let Some(record) = self.store.get_event(event_id).await? {
+                let expired = record
+                    .closed_at
+                    .is_some_and(|closed_at| closed_at < self.closed_since());
+                if !expired {
+                    self.apply_record(record);
+                }
+            }
+        }
+        self.apply(message);
+        Ok(())
+    }
+
+    fn closed_since(&self) -> DateTime<Utc> {
+        let recent_closed =
+            chrono::Duration::from_std(self.config.recent_closed).unwrap_or(chrono::Duration::MAX);
+        self.clock.now() - recent_closed
+    }
+}
+
+#[async_trait]
+impl ChangeApplier for AppState {
+    async fn apply_change(&self, message: &BrokerMessage) -> Result<(), StoreError> {
+        self.apply_loading_unknown(message).await
+    }
+
+    async fn resync_from_store(&self) -> Result<usize, StoreError> {
+        self.reload_from_store().await
+    }
+}
