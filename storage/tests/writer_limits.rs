@@ -270,6 +270,35 @@ async fn concurrent_readiness_probes_share_one_place_in_the_queue(database: Test
     store.close().await;
 }
 
+/// Probes that time out one after another while the writer is blocked: each caller gives up
+/// with its probe still queued, and the next one must wait for that probe rather than queue
+/// another, or a long stall fills the queue with probes and refuses votes QueueFull. Seen under
+/// load as one `QueueFull` among the concurrent probes above.
+async fn probes_that_time_out_one_after_another_never_fill_the_queue(database: TestDatabase) {
+    const CAPACITY: usize = 2;
+    let store = store_on(&database, CAPACITY).await;
+    let other = hold_write_lock(&database).await;
+    for round in 0..CAPACITY + 2 {
+        let probe = store.ready().await;
+        assert!(
+            matches!(
+                probe,
+                Err(StoreError::Unavailable(Unavailable::DeadlineExceeded))
+            ),
+            "probe {round}: {probe:?}"
+        );
+    }
+    release(other).await;
+    until_ready(&store).await;
+    store.close().await;
+}
+
+on_every_store!(
+    probes_that_time_out_one_after_another_never_fill_the_queue,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+
 on_every_store!(
     concurrent_readiness_probes_share_one_place_in_the_queue,
     flavor = "multi_thread",

@@ -20,10 +20,21 @@ use crate::{
 pub(crate) struct Queue {
     commands: mpsc::Sender<Queued>,
     options: WriterOptions,
-    /// When a readiness probe last committed. Held while a probe is in flight, so that
-    /// concurrent `ready` calls share one probe instead of each adding one to the queue (the
-    /// endpoint is public: a flood of probes must not crowd out votes).
-    last_ready: tokio::sync::Mutex<Option<Instant>>,
+    /// The readiness probe. Held while a probe is in flight, so that concurrent `ready` calls
+    /// share one probe instead of each adding one to the queue (the endpoint is public: a
+    /// flood of probes must not crowd out votes).
+    last_ready: tokio::sync::Mutex<Probe>,
+}
+
+/// The readiness probe's state, behind `Queue::last_ready`.
+#[derive(Debug, Default)]
+struct Probe {
+    /// When a probe last committed.
+    committed: Option<Instant>,
+    /// The answer of a probe whose caller gave up while it was still queued: the next caller
+    /// waits for that one instead of queueing another, so probes never take a second place
+    /// in the queue, however long the writer is blocked.
+    queued: Option<oneshot::Receiver<Result<(), StoreError>>>,
 }
 
 impl Queue {
@@ -33,7 +44,7 @@ impl Queue {
         let queue = Queue {
             commands,
             options,
-            last_ready: tokio::sync::Mutex::new(None),
+            last_ready: tokio::sync::Mutex::new(Probe::default()),
         };
         (queue, receiver)
     }
@@ -106,16 +117,55 @@ impl Queue {
     pub(crate) async fn ready(&self) -> Result<(), StoreError> {
         let asked_at = Instant::now();
         let deadline = asked_at + self.options.ready_deadline;
-        let Some(mut last_ready) = until(deadline, self.last_ready.lock()).await else {
+        let Some(mut probe) = until(deadline, self.last_ready.lock()).await else {
             return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
         };
-        if last_ready.is_some_and(|committed| committed >= asked_at) {
+        if probe
+            .committed
+            .is_some_and(|committed| committed >= asked_at)
+        {
             return Ok(());
         }
-        self.ask_until(deadline, |reply| Command::Ready { reply })
-            .await?;
-        *last_ready = Some(Instant::now());
-        Ok(())
+        let mut answer = match probe.queued.take() {
+            Some(answer) => answer,
+            None => self.send_probe(deadline)?,
+        };
+        loop {
+            match until(deadline, &mut answer).await {
+                None => {
+                    probe.queued = Some(answer);
+                    return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
+                }
+                Some(Err(_)) => return Err(StoreError::Unavailable(Unavailable::WriterStopped)),
+                Some(Ok(Ok(()))) => {
+                    probe.committed = Some(Instant::now());
+                    return Ok(());
+                }
+                // An earlier caller's probe, refused because its deadline had passed by the
+                // time the writer got the lock: the writer may be fine now, so ask afresh.
+                Some(Ok(Err(StoreError::Unavailable(Unavailable::DeadlineExceeded))))
+                    if Instant::now() < deadline =>
+                {
+                    answer = self.send_probe(deadline)?;
+                }
+                Some(Ok(Err(error))) => return Err(error),
+            }
+        }
+    }
+
+    fn send_probe(
+        &self,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        if Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(Unavailable::DeadlineExceeded));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Queued {
+            command: Command::Ready { reply },
+            deadline,
+        })?;
+        Ok(answer)
     }
 
     async fn ask_until<T>(
@@ -132,20 +182,22 @@ impl Queue {
             command: command(reply),
             deadline,
         };
-        match self.commands.try_send(queued) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(StoreError::Unavailable(Unavailable::QueueFull))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(StoreError::Unavailable(Unavailable::WriterStopped))
-            }
-        }
+        self.enqueue(queued)?;
         match until(deadline, answer).await {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(StoreError::Unavailable(Unavailable::WriterStopped)),
             None => Err(StoreError::Unavailable(Unavailable::DeadlineExceeded)),
         }
+    }
+
+    /// Refuses at once when the queue is full or the writer has stopped, never waits.
+    fn enqueue(&self, queued: Queued) -> Result<(), StoreError> {
+        self.commands.try_send(queued).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StoreError::Unavailable(Unavailable::QueueFull),
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Unavailable(Unavailable::WriterStopped)
+            }
+        })
     }
 
     /// Stops taking commands; the writer finishes what is queued, then ends.
