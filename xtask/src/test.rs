@@ -95,9 +95,12 @@ fn steps() -> Vec<Step> {
             ],
         ),
         // Every fuzz target over its committed corpus (fuzz/ is its own workspace): stable Rust,
-        // no cargo-fuzz, no libFuzzer; the shared target folder reuses the server's build.
+        // no cargo-fuzz, no libFuzzer. A target folder of its own: fuzz/ has its own lock file,
+        // and sharing the workspace's folder let one build overwrite the other's rlibs of the
+        // same crates (same names and hashes, other dependency versions), which rustc then
+        // reported as two versions of livevote_protocol in one graph.
         step("fuzz corpus replay", |root| {
-            let target = tools::target_dir(root);
+            let target = tools::target_dir(root).join("fuzz-replay");
             tools::run(
                 tools::cargo()
                     .args(["test", "--no-default-features", "--target-dir"])
