@@ -5,79 +5,14 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 
 mod common;
-
-use std::str::FromStr;
-use std::time::Duration;
+mod postgres_support;
 
 use common::*;
 use livevote_protocol::Role;
+use postgres_support::TestDatabase;
 use serde_json::{json, Value};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
-
-/// A database created for this test and dropped afterwards, also when the test panics.
-struct TestDatabase {
-    name: String,
-    url: String,
-    admin: PgConnectOptions,
-}
-
-impl TestDatabase {
-    async fn create() -> Option<TestDatabase> {
-        let admin_url = std::env::var("LIVEVOTE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let admin = PgConnectOptions::from_str(&admin_url).expect("a Postgres URL");
-        let mut connection =
-            match tokio::time::timeout(Duration::from_secs(3), admin.connect()).await {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(error)) => {
-                    eprintln!("skipping: Postgres at {admin_url} is unreachable: {error}");
-                    return None;
-                }
-                Err(_) => {
-                    eprintln!("skipping: Postgres at {admin_url} did not answer within 3 s");
-                    return None;
-                }
-            };
-        let name = format!("livevote_test_{}", Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut connection)
-            .await
-            .expect("create a test database");
-        connection.close().await.ok();
-        let url = admin.clone().database(&name).to_url_lossy().to_string();
-        Some(TestDatabase { name, url, admin })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        // Drop cannot await: a thread with a runtime of its own drops the database.
-        let name = self.name.clone();
-        let admin = self.admin.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let mut connection = admin.connect().await?;
-                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut connection)
-                    .await?;
-                connection.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "could not drop the test database {}: {dropped:?}",
-                self.name
-            );
-        }
-    }
-}
 
 async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
     let response = request.send().await.expect("the server answers");
