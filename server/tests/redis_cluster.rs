@@ -175,22 +175,38 @@ async fn read_for(socket: &mut Client, window: Duration) -> Vec<ServerMessage> {
     seen
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_once() {
+/// The machine's Redis, or `None` with the reason printed when it does not answer.
+async fn shared_redis_or_skip() -> Option<String> {
     let redis_url = shared_redis_url();
-    if let Err(error) = redis_answers(&redis_url).await {
-        eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
-        return;
+    match redis_answers(&redis_url).await {
+        Ok(()) => Some(redis_url),
+        Err(error) => {
+            eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
+            None
+        }
     }
-    let Some(database) = TestDatabase::create().await else {
-        return;
-    };
+}
+
+/// Two nodes of one cluster (one database, one fresh Redis prefix), both ready.
+async fn two_ready_nodes(database: &TestDatabase, redis_url: &str) -> (TestServer, TestServer) {
     let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
-    let config = node_config(&database, &redis_url, &prefix);
+    let config = node_config(database, redis_url, &prefix);
     let node_a = TestServer::start_with(config.clone()).await;
     let node_b = TestServer::start_with(config).await;
     wait_for_readiness(&node_a, 200, Duration::from_secs(10)).await;
     wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+    (node_a, node_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_once() {
+    let Some(redis_url) = shared_redis_or_skip().await else {
+        return;
+    };
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
 
     let streamer = Uuid::new_v4();
     let viewer = Uuid::new_v4();
@@ -387,19 +403,13 @@ fn free_port() -> u16 {
 /// periodic resync, which reads balances back with their ledger versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_balance_change_nobody_published_reaches_the_socket_by_the_periodic_resync() {
-    let redis_url = shared_redis_url();
-    if let Err(error) = redis_answers(&redis_url).await {
-        eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
+    let Some(redis_url) = shared_redis_or_skip().await else {
         return;
-    }
+    };
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
-    let config = node_config(&database, &redis_url, &prefix);
-    let node_a = TestServer::start_with(config.clone()).await;
-    let node_b = TestServer::start_with(config).await;
-    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
 
     let viewer = Uuid::new_v4();
     let mut on_b = watcher(&node_b, Uuid::new_v4(), viewer).await;
@@ -444,11 +454,7 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
-    let config = node_config(&database, &redis.url(), &prefix);
-    let node_a = TestServer::start_with(config.clone()).await;
-    let node_b = TestServer::start_with(config).await;
-    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
+    let (node_a, node_b) = two_ready_nodes(&database, &redis.url()).await;
 
     let streamer = Uuid::new_v4();
     let viewer = Uuid::new_v4();
