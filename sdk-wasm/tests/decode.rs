@@ -4,6 +4,9 @@
 //! merge and reconnect rules, which need no JavaScript, are tested natively in tests/merge.rs.
 #![cfg(target_arch = "wasm32")]
 
+#[macro_use]
+mod support;
+
 use livevote_protocol::{EventStatus, ServerMessage, Timestamp};
 use livevote_sdk::decode;
 use uuid::Uuid;
@@ -11,19 +14,6 @@ use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-macro_rules! fixture {
-    ($folder:literal, $name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../protocol/tests/fixtures/",
-            $folder,
-            "/",
-            $name,
-            ".json"
-        ))
-    };
-}
 
 const EVENT: &str = "3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01";
 const STREAMER: &str = "a1b2c3d4-e5f6-4a5b-8c9d-0e1f2a3b4c5d";

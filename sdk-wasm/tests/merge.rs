@@ -4,24 +4,14 @@
 //! is tested in headless Chromium (tests/decode.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
+#[macro_use]
+mod support;
+
 use livevote_protocol::{EventStatus, EventView, ServerMessage};
 use livevote_sdk::clock::ClockOffset;
 use livevote_sdk::policy::{self, Backoff, CloseAction, InvalidBackoff};
 use livevote_sdk::state::{Change, Store};
 use uuid::Uuid;
-
-macro_rules! fixture {
-    ($folder:literal, $name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../protocol/tests/fixtures/",
-            $folder,
-            "/",
-            $name,
-            ".json"
-        ))
-    };
-}
 
 const EVENT: &str = "3f1c2a4e-8d7b-4c1a-9e2f-5b6a7c8d9e01";
 const OTHER_EVENT: &str = "7e6d5c4b-3a29-4818-a7f6-e5d4c3b2a190";
