@@ -137,6 +137,12 @@ pub struct Config {
     /// 4–12 s instead of 40–120 s; for the browser tests of the examples.
     #[arg(long, env = "LIVEVOTE_DEMO_PACE", default_value_t = 1.0, hide = true, value_parser = parse_demo_pace)]
     pub demo_pace: f64,
+
+    /// With --demo: whether this node runs the simulated worker and viewers. `cargo xtask
+    /// cluster --demo` sets it false on every node but the first, which then serve the pages
+    /// and sockets only, so that one cluster simulates one worker.
+    #[arg(long, env = "LIVEVOTE_DEMO_SIMULATION", default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+    pub demo_simulation: bool,
 }
 
 fn parse_demo_pace(text: &str) -> Result<f64, String> {

@@ -126,7 +126,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if state.config.dev {
         tracing::warn!("development mode: generated secrets, /api/auth needs no API key");
     }
-    if state.config.demo {
+    if state.config.demo && state.config.demo_simulation {
         livevote_server::demo::start(state.clone(), livevote_server::app(state.clone()));
     }
     livevote_server::serve(listener, state, tls, shutdown_signal()).await?;

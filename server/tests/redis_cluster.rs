@@ -468,6 +468,23 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     // cannot carry.
     redis.kill();
     wait_for_readiness(&node_b, 503, Duration::from_secs(5)).await;
+    // A notice is in no store, so no reload could carry it: while Redis cannot take it the
+    // admin is told 503 with Retry-After, rather than A's sockets alone seeing it.
+    let notice = reqwest::Client::new()
+        .post(node_a.http("/api/notices"))
+        .bearer_auth(node_a.token(Role::Admin, Uuid::new_v4()))
+        .json(&json!({"channel": "*", "code": "MAINTENANCE", "message": "not while Redis is away"}))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(notice.status(), 503);
+    assert_eq!(
+        notice
+            .headers()
+            .get("retry-after")
+            .map(|value| value.as_bytes()),
+        Some(&b"1"[..])
+    );
     let mut balance_after_outage = 0;
     for _ in 0..4 {
         balance_after_outage = vote_on(&node_a, viewer, event, 1).await;

@@ -44,6 +44,7 @@ fn steps() -> Vec<Step> {
         step("install: cargo-deny", |_| {
             crate::supply_chain::ensure_cargo_deny()
         }),
+        step("install: haproxy", |_| crate::cluster::ensure_haproxy()),
         cargo_step("fmt", &["fmt", "--all", "--", "--check"]),
         step("tidy", crate::tidy::run),
         step("supply chain", crate::supply_chain::run),
@@ -84,6 +85,11 @@ fn steps() -> Vec<Step> {
         // backoff, clock, channels against the fixtures) run with its Chromium tests in the
         // "sdk tests" step.
         cargo_step("cargo test", &["test"]),
+        // Three real nodes behind HAProxy, one stopped and one killed under it (skips, saying
+        // why, without PostgreSQL or Redis).
+        step("cluster check", |_| {
+            crate::cluster::run(&["--check".to_owned()])
+        }),
         cargo_step(
             "protocol (wasm32)",
             &[

@@ -22,7 +22,7 @@ use ::redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -77,10 +77,17 @@ impl Trust {
     }
 }
 
+/// One change on its way to Redis; `taken` hears whether Redis took its envelope, for changes
+/// that nothing else makes durable (notices).
+struct Outgoing {
+    message: BrokerMessage,
+    taken: Option<oneshot::Sender<Result<(), String>>>,
+}
+
 /// The publishing side, held by the node's state.
 pub struct RedisBroker {
     local: mpsc::UnboundedSender<BrokerMessage>,
-    outgoing: mpsc::UnboundedSender<BrokerMessage>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     connection: ConnectionManager,
     trust: Arc<Trust>,
 }
@@ -169,14 +176,44 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     /// Applies locally first (through the applier, in order), then queues for the other
-    /// nodes. A publication Redis does not take is not the caller's failure: the other nodes
-    /// see the gap in this node's envelope numbers, or their next reload, and heal.
+    /// nodes. A committed change Redis does not take is not the caller's failure: the other
+    /// nodes see the gap in this node's envelope numbers, or their next reload, and heal.
+    ///
+    /// A notice is different: the store does not hold it, so no reload could bring it to the
+    /// other nodes. It is published first and shown here only once Redis has taken it; if
+    /// Redis does not, the caller is told (503) and nobody sees it, rather than this node's
+    /// sockets alone.
     async fn publish(&self, message: BrokerMessage) -> Result<(), BrokerError> {
+        if matches!(message, BrokerMessage::Notice { .. }) {
+            let (taken, answer) = oneshot::channel();
+            self.outgoing
+                .send(Outgoing {
+                    message: message.clone(),
+                    taken: Some(taken),
+                })
+                .map_err(|_| BrokerError::Unreachable("the node's publisher has stopped".into()))?;
+            match tokio::time::timeout(COMMAND_TIMEOUT * 2, answer).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => return Err(BrokerError::Unreachable(error)),
+                Ok(Err(_)) | Err(_) => {
+                    return Err(BrokerError::Unreachable(
+                        "Redis did not take the notice in time".into(),
+                    ))
+                }
+            }
+            return self
+                .local
+                .send(message)
+                .map_err(|_| BrokerError::Unreachable("the node's applier has stopped".into()));
+        }
         self.local
             .send(message.clone())
             .map_err(|_| BrokerError::Unreachable("the node's applier has stopped".into()))?;
         // The publisher ends only with the process's runtime; nothing to heal then.
-        let _ = self.outgoing.send(message);
+        let _ = self.outgoing.send(Outgoing {
+            message,
+            taken: None,
+        });
         Ok(())
     }
 
@@ -201,7 +238,7 @@ async fn run_publisher(
     mut connection: ConnectionManager,
     channel: String,
     node: Uuid,
-    mut outgoing: mpsc::UnboundedReceiver<BrokerMessage>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let boot = chrono::Utc::now().timestamp_millis();
     let mut n = 0;
@@ -209,11 +246,19 @@ async fn run_publisher(
     while outgoing.recv_many(&mut batch, ENVELOPE_MESSAGES).await > 0 {
         // Numbered even if the publish fails: the hole is how the other nodes notice.
         n += 1;
+        let mut waiting = Vec::new();
+        let msgs = batch
+            .drain(..)
+            .map(|outgoing| {
+                waiting.extend(outgoing.taken);
+                outgoing.message
+            })
+            .collect();
         let envelope = Envelope {
             node,
             boot,
             n,
-            msgs: std::mem::take(&mut batch),
+            msgs,
         };
         let payload = match serde_json::to_string(&envelope) {
             Ok(payload) => payload,
@@ -231,9 +276,13 @@ async fn run_publisher(
             Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some("timed out".to_owned()),
         };
-        if let Some(error) = failure {
+        if let Some(error) = &failure {
             metrics::counter!("livevote_publish_failures_total").increment(1);
             tracing::warn!(%error, n, "an envelope did not reach Redis; other nodes will resync");
+        }
+        for taken in waiting {
+            // The caller may have given up waiting; then nobody needs the answer.
+            let _ = taken.send(failure.clone().map_or(Ok(()), Err));
         }
     }
 }
