@@ -1,7 +1,8 @@
 //! Two real nodes sharing one Postgres database and one Redis prefix: what one node commits
 //! (an event, its totals, its close, a balance) reaches a socket on the other, each event
 //! closes once, and a node whose Redis went away heals from the store without a restart. After
-//! each test an SQL audit checks the ledger. Skips, saying why, when Postgres
+//! each test an SQL audit checks the ledger. An event nobody armed is closed by the periodic
+//! sweep. Skips, saying why, when Postgres
 //! (`LIVEVOTE_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) or
 //! Redis (`LIVEVOTE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) does not answer; the
 //! fault test also needs `redis-server` on the PATH for a private instance it can kill.
@@ -548,6 +549,88 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     assert!(killed_at.elapsed() < Duration::from_secs(5));
     wait_for_readiness(&node_b, 200, Duration::from_secs(5)).await;
 
+    node_a.stop().await;
+    node_b.stop().await;
+    database.audit().await;
+}
+
+/// The sweep closes what nobody armed: an event committed by a node that died before its
+/// EVENT_CREATED (written here straight to the store), and one every node heard of but armed
+/// no timer for (its EVENT_CREATED carried a `closesAt` no node could read), both close soon
+/// after they are due, by the periodic reload arming every open event it finds, and
+/// EVENT_CLOSED reaches a socket on the other node once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_sweep_closes_events_nobody_armed() {
+    let Some(redis_url) = shared_redis_or_skip().await else {
+        return;
+    };
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
+    let streamer = Uuid::new_v4();
+    let mut on_b = watcher(&node_b, streamer, Uuid::new_v4()).await;
+
+    let never_announced = stored_event(&node_a, streamer, 1).await;
+    let unarmed = stored_event(&node_a, streamer, 1).await;
+    let mut heard = node_a
+        .state
+        .store
+        .get_event(unarmed)
+        .await
+        .unwrap()
+        .expect("stored")
+        .event;
+    heard.closes_at = Timestamp("not a time".into());
+    node_a
+        .state
+        .broker
+        .publish(livevote_server::broker::BrokerMessage::EventCreated { event: heard })
+        .await
+        .expect("published");
+    on_b.until(|message| {
+        matches!(message, ServerMessage::EventCreated(created) if created.event.id == unarmed)
+    })
+    .await;
+
+    // Due in 1 s; one anti-entropy period (5 s) later every node has armed both.
+    let started = Instant::now();
+    let mut closed: Vec<Uuid> = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(12), async {
+        while closed.len() < 2 {
+            if let ServerMessage::EventClosed(event) = on_b.message().await {
+                closed.push(event.event_id);
+            }
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "after {:?} B's socket had seen EVENT_CLOSED only for {closed:?} (unannounced {never_announced}, unarmed {unarmed})",
+        started.elapsed()
+    );
+    closed.sort();
+    let mut expected = vec![never_announced, unarmed];
+    expected.sort();
+    assert_eq!(closed, expected, "each event closed once");
+    let again = read_for(&mut on_b, Duration::from_millis(1500))
+        .await
+        .into_iter()
+        .filter(|message| matches!(message, ServerMessage::EventClosed(_)))
+        .count();
+    assert_eq!(again, 0, "an EVENT_CLOSED came twice");
+    println!(
+        "both unarmed events closed within {:?} of their creation",
+        started.elapsed()
+    );
+
+    let mut connection = PgConnection::connect(&database.url).await.unwrap();
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'open'")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+    connection.close().await.unwrap();
     node_a.stop().await;
     node_b.stop().await;
     database.audit().await;

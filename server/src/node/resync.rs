@@ -13,23 +13,25 @@ use crate::state::AppState;
 
 impl AppState {
     /// The events of one stored record as broker messages, applied so that a node that missed
-    /// them ends where the store is: created (arming the timer if open) when this node does not
-    /// know the event, the newer totals, and the close. Everything is gated in the cache (a known
-    /// event is not created twice, totals only move forward, a close is shown once), so applying
-    /// a record the node already holds changes nothing.
+    /// them ends where the store is: created when this node does not know the event, the newer
+    /// totals, and the close. Everything is gated in the cache (a known event is not created
+    /// twice, totals only move forward, a close is shown once), so applying a record the node
+    /// already holds changes nothing.
+    ///
+    /// An open record arms its timer whether or not the node knew the event: this is the sweep
+    /// that closes what nobody armed (a creator that died between its commit and its
+    /// EVENT_CREATED, a node that heard of the event but never armed it). The timers arm a
+    /// deadline once, so the every-5-s reload costs no second close of an event already armed,
+    /// and an overdue one is closed at once; once closed it is no longer open, and not armed
+    /// again.
     fn apply_record(&self, record: EventRecord) {
         let event_id = record.event.id;
         let open = record.status == EventStatus::Open;
+        let closes_at = record.closes_at;
         if !self.realtime.knows_event(event_id) {
-            let created = BrokerMessage::EventCreated {
+            self.realtime.apply(&BrokerMessage::EventCreated {
                 event: record.event,
-            };
-            if open {
-                // Through the node's apply: it arms the timer, so every node closes on time.
-                self.apply(&created);
-            } else {
-                self.realtime.apply(&created);
-            }
+            });
         }
         if open {
             self.realtime.apply(&BrokerMessage::TotalsChanged {
@@ -37,6 +39,9 @@ impl AppState {
                 totals: record.totals,
                 seq: record.seq,
             });
+            // After the cache knows the event, so that a close found done elsewhere (applied
+            // by the timer's task, not this applier) lands on a known event.
+            self.timers.arm(event_id, closes_at);
         } else if let Some(result) = record.result {
             let closed_at = record.closed_at.unwrap_or(record.closes_at);
             self.realtime.apply(&BrokerMessage::EventClosed {
@@ -76,8 +81,7 @@ impl AppState {
     async fn apply_loading_unknown(&self, message: &BrokerMessage) -> Result<(), StoreError> {
         if let BrokerMessage::EventCreated { event } = message {
             if self.realtime.knows_event(event.id) {
-                // Already loaded from the store (a change to it came first) and armed then: a
-                // second arm would only cost a second close attempt.
+                // Already loaded from the store (a change to it came first) and armed then.
                 return Ok(());
             }
         }
