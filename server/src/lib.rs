@@ -36,7 +36,7 @@ use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, MemoryBroker, RedisBroker};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::{AuthFailureLimiter, UserRateLimiter};
+use crate::limits::{AuthFailureLimiter, ClusterRateLimiter, UserRateLimiter, VoteRateLimiter};
 use crate::realtime::Realtime;
 use crate::state::{AppState, Shared};
 use crate::timers::EventTimers;
@@ -74,6 +74,16 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
             RedisBroker::connect(&config.broker_url, &config.broker_prefix).await?;
         (Arc::new(broker), Inbound::Redis(inbound))
     };
+    // The vote rate counts across the cluster in the broker's Redis, on a connection of its
+    // own so that a vote never queues behind the broker's publications.
+    let cluster_vote_rate = if config.broker_url == "memory" {
+        None
+    } else {
+        let limiter =
+            ClusterRateLimiter::new(&config.broker_url, &config.broker_prefix, config.vote_rate)
+                .map_err(|error| BrokerError::Configuration(format!("--broker-url: {error}")))?;
+        Some(limiter)
+    };
     let realtime = Realtime::new(&config, clock.clone());
     let recent_closed =
         chrono::Duration::from_std(config.recent_closed).unwrap_or(chrono::Duration::MAX);
@@ -89,7 +99,10 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     let secret = config.jwt_secret.clone().unwrap_or_default();
     let state = AppState::new(Shared {
         auth: Authenticator::new(&secret),
-        vote_limiter: UserRateLimiter::new(config.vote_rate, "votes"),
+        vote_limiter: VoteRateLimiter::new(
+            UserRateLimiter::new(config.vote_rate, "votes"),
+            cluster_vote_rate,
+        ),
         list_limiter: UserRateLimiter::new(config.list_rate, "event listings"),
         auth_failures: AuthFailureLimiter::new(config.auth_failure_limit),
         config,

@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::limits::{AuthFailureLimiter, UserRateLimiter};
+use crate::limits::{AuthFailureLimiter, UserRateLimiter, VoteRateLimiter};
 use crate::realtime::Realtime;
 use crate::timers::EventTimers;
 
@@ -27,7 +27,8 @@ pub struct Shared {
     pub broker: Arc<dyn Broker>,
     pub realtime: Arc<Realtime>,
     pub timers: EventTimers,
-    pub vote_limiter: UserRateLimiter,
+    /// Votes per user (`--vote-rate`): per node, and across the cluster with Redis.
+    pub vote_limiter: VoteRateLimiter,
     /// `GET /api/events` per user (`--list-rate`).
     pub list_limiter: UserRateLimiter,
     /// Wrong API keys per client address at `/api/auth` (`--auth-failure-limit`).

@@ -8,6 +8,7 @@
 mod cluster_support;
 mod common;
 mod postgres_support;
+mod redis_support;
 mod socket_support;
 
 use std::collections::HashMap;

@@ -9,95 +9,20 @@
 
 mod common;
 mod postgres_support;
+mod redis_support;
 mod socket_support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use livevote_protocol::{Event, EventOption, Role, ServerMessage, Timestamp};
 use postgres_support::TestDatabase;
-use serde_json::{json, Value};
+use redis_support::*;
+use serde_json::json;
 use socket_support::{connect, Client};
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 use uuid::Uuid;
-
-/// Whether a Redis answers PING at `url` within 3 s.
-async fn redis_answers(url: &str) -> Result<(), String> {
-    let client = redis::Client::open(url).map_err(|error| error.to_string())?;
-    let ping = async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), ping).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("no answer within 3 s".into()),
-    }
-}
-
-fn shared_redis_url() -> String {
-    std::env::var("LIVEVOTE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A node's configuration: the shared database, the given Redis, this test's own prefix.
-fn node_config(
-    database: &TestDatabase,
-    redis_url: &str,
-    prefix: &str,
-) -> livevote_server::config::Config {
-    let mut config = test_config();
-    config.database_url = database.url.clone();
-    config.broker_url = redis_url.to_owned();
-    config.broker_prefix = prefix.to_owned();
-    config
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
-    let response = request.send().await.expect("the server answers");
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
-/// Waits (at most `limit`) for `/readyz` to answer `wanted`; returns how long it took.
-async fn wait_for_readiness(server: &TestServer, wanted: u16, limit: Duration) -> Duration {
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        let status = client
-            .get(server.http("/readyz"))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .map(|response| response.status().as_u16())
-            .unwrap_or(0);
-        if status == wanted {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "/readyz still {status}, not {wanted}, after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn create_event_on(server: &TestServer, streamer: Uuid, seconds: i64) -> Uuid {
-    let worker = server.token(Role::Worker, Uuid::new_v4());
-    let (status, created) = send(
-        reqwest::Client::new()
-            .post(server.http("/api/events"))
-            .bearer_auth(&worker)
-            .json(&event_body(&server.state, streamer, seconds)),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    created["event"]["id"].as_str().unwrap().parse().unwrap()
-}
 
 /// An open event written straight to the store, as a node that died before publishing it
 /// leaves behind.
@@ -176,29 +101,6 @@ async fn read_for(socket: &mut Client, window: Duration) -> Vec<ServerMessage> {
     seen
 }
 
-/// The machine's Redis, or `None` with the reason printed when it does not answer.
-async fn shared_redis_or_skip() -> Option<String> {
-    let redis_url = shared_redis_url();
-    match redis_answers(&redis_url).await {
-        Ok(()) => Some(redis_url),
-        Err(error) => {
-            eprintln!("skipping: Redis at {redis_url} does not answer: {error}");
-            None
-        }
-    }
-}
-
-/// Two nodes of one cluster (one database, one fresh Redis prefix), both ready.
-async fn two_ready_nodes(database: &TestDatabase, redis_url: &str) -> (TestServer, TestServer) {
-    let prefix = format!("lv-test-{}", Uuid::new_v4().simple());
-    let config = node_config(database, redis_url, &prefix);
-    let node_a = TestServer::start_with(config.clone()).await;
-    let node_b = TestServer::start_with(config).await;
-    wait_for_readiness(&node_a, 200, Duration::from_secs(10)).await;
-    wait_for_readiness(&node_b, 200, Duration::from_secs(10)).await;
-    (node_a, node_b)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_once() {
     let Some(redis_url) = shared_redis_or_skip().await else {
@@ -207,7 +109,7 @@ async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_on
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
+    let (node_a, node_b) = two_ready_nodes(&database.url, &redis_url).await;
 
     let streamer = Uuid::new_v4();
     let viewer = Uuid::new_v4();
@@ -336,69 +238,6 @@ async fn what_node_a_commits_reaches_a_socket_on_node_b_and_each_event_closes_on
     database.audit().await;
 }
 
-/// A private Redis this test may kill: `redis-server --port P --save ""`.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> Result<PrivateRedis, String> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|error| format!("redis-server could not start: {error}"))?;
-        let redis = PrivateRedis {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while redis_answers(&redis.url()).await.is_err() {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "redis-server on port {port} did not answer within 5 s"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
 /// A balance change that no node published (committed straight to the store, as by a node
 /// that died between COMMIT and PUBLISH) reaches the user's socket on another node through the
 /// periodic resync, which reads balances back with their ledger versions.
@@ -410,7 +249,7 @@ async fn a_balance_change_nobody_published_reaches_the_socket_by_the_periodic_re
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
+    let (node_a, node_b) = two_ready_nodes(&database.url, &redis_url).await;
 
     let viewer = Uuid::new_v4();
     let mut on_b = watcher(&node_b, Uuid::new_v4(), viewer).await;
@@ -455,7 +294,7 @@ async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_fro
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let (node_a, node_b) = two_ready_nodes(&database, &redis.url()).await;
+    let (node_a, node_b) = two_ready_nodes(&database.url, &redis.url()).await;
 
     let streamer = Uuid::new_v4();
     let viewer = Uuid::new_v4();
@@ -567,7 +406,7 @@ async fn the_periodic_sweep_closes_events_nobody_armed() {
     let Some(database) = TestDatabase::create().await else {
         return;
     };
-    let (node_a, node_b) = two_ready_nodes(&database, &redis_url).await;
+    let (node_a, node_b) = two_ready_nodes(&database.url, &redis_url).await;
     let streamer = Uuid::new_v4();
     let mut on_b = watcher(&node_b, streamer, Uuid::new_v4()).await;
 

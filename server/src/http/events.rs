@@ -375,7 +375,7 @@ pub async fn vote(
     if !claims.may_vote() {
         return Err(AppError::Forbidden("workers do not vote".into()));
     }
-    state.vote_limiter.check(claims.sub)?;
+    state.vote_limiter.check(claims.sub).await?;
     let event_id =
         parse_uuid(&event_id).ok_or_else(|| AppError::NotFound("event not found".into()))?;
     let votes = match &body.value.votes {

@@ -27,30 +27,8 @@ pub const API_KEY: &str = "cluster-test-api-key-0123456789";
 const START_DEADLINE: Duration = Duration::from_secs(30);
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// The machine's Redis URL (`LIVEVOTE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`), or
-/// `None` with the reason printed when it does not answer PING within 3 s.
-pub async fn shared_redis_or_skip() -> Option<String> {
-    let url = std::env::var("LIVEVOTE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let ping = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), ping).await {
-        Ok(Ok(_)) => Some(url),
-        Ok(Err(error)) => {
-            eprintln!("skipping: Redis at {url} does not answer: {error}");
-            None
-        }
-        Err(_) => {
-            eprintln!("skipping: Redis at {url} did not answer within 3 s");
-            None
-        }
-    }
-}
+/// The machine's Redis, or `None` with the reason printed: the same check as in-process tests.
+pub use crate::redis_support::shared_redis_or_skip;
 
 /// One node: its process while it runs, its address (kept across restarts) and its log.
 pub struct Node {
