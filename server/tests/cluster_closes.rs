@@ -5,6 +5,7 @@
 //! `livevote_events_closed_total` add up to exactly 500 (one winner per close); the SQL audit
 //! holds afterwards. Skips, saying why, without Postgres or Redis.
 
+mod binary_support;
 mod cluster_support;
 mod common;
 mod postgres_support;

@@ -8,6 +8,7 @@
 //! restarted node, shows the store's totals. Bounded in votes and in time; skips, saying why,
 //! without Postgres or Redis.
 
+mod binary_support;
 mod cluster_support;
 mod common;
 mod postgres_support;

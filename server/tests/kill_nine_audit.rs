@@ -8,14 +8,13 @@
 //! The kill moments and the clients' choices come from a seeded RNG; the seed is printed and
 //! `LIVEVOTE_KILL_AUDIT_SEED=N` replays it. The checks are invariants, never timings.
 
+mod binary_support;
 mod common;
 mod socket_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +30,6 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_livevote-server");
 /// Real secrets rather than `--dev`: `--dev` draws a new JWT secret at every start, and the
 /// point is that clients carry on with the tokens they hold across a restart.
 const JWT_SECRET: &str = "kill-nine-audit-jwt-secret-0123456789abcdef";
@@ -157,44 +155,15 @@ fn server_arguments(database_url: &str) -> Vec<String> {
 
 /// Starts the binary and waits (bounded) for its `listening on http://ADDR` line.
 fn spawn_server(database_url: &str, log: &Path) -> ServerProcess {
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open the server log");
-    let mut command = Command::new(BINARY);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LIVEVOTE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(server_arguments(database_url))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
-    let mut child = command.spawn().expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (announced, announcement) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { return };
-            if let Some(address) = line.strip_prefix("listening on http://") {
-                let _ = announced.send(address.trim().to_owned());
-                break;
-            }
-        }
-        // Keep draining so that the server never blocks on a full pipe.
-        for _ in lines {}
-    });
+    let (child, address) =
+        binary_support::spawn(&server_arguments(database_url), log, START_DEADLINE);
     let mut process = ServerProcess {
         child,
         address: String::new(),
     };
-    match announcement.recv_timeout(START_DEADLINE) {
-        Ok(address) => process.address = address,
-        Err(_) => {
+    match address {
+        Some(address) => process.address = address,
+        None => {
             let status = process.child.try_wait().ok().flatten();
             drop(process);
             panic!(

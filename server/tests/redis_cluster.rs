@@ -283,14 +283,10 @@ async fn a_balance_change_nobody_published_reaches_the_socket_by_the_periodic_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_redis_restarted_or_whose_subscription_was_killed_heals_from_the_store() {
-    let port = free_port();
-    let mut redis = match PrivateRedis::start(port).await {
-        Ok(redis) => redis,
-        Err(error) => {
-            eprintln!("skipping: {error}");
-            return;
-        }
+    let Some(mut redis) = PrivateRedis::start_or_skip().await else {
+        return;
     };
+    let port = redis.port;
     let Some(database) = TestDatabase::create().await else {
         return;
     };

@@ -5,10 +5,8 @@
 //! counter. Every wait is bounded, and dropping the cluster kills what is still running.
 #![allow(dead_code)]
 
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,9 +14,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::binary_support;
 use crate::postgres_support::TestDatabase;
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_livevote-server");
 /// Real secrets rather than `--dev`, which draws a new JWT secret at every start: a token
 /// minted by one node must be good on every other node and after a restart.
 pub const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
@@ -266,45 +264,15 @@ fn sample_sum(text: &str, name: &str) -> f64 {
 /// Starts the binary (no `LIVEVOTE_*` variables of the test's environment leak in) and waits,
 /// bounded, for its `listening on http://ADDRESS` line.
 fn spawn_node(arguments: Vec<String>, log: PathBuf) -> Node {
-    let log_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .expect("open the node's log");
-    let mut command = Command::new(BINARY);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LIVEVOTE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .args(&arguments)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
-    let mut child = command.spawn().expect("the binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (announced, announcement) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { return };
-            if let Some(address) = line.strip_prefix("listening on http://") {
-                let _ = announced.send(address.trim().to_owned());
-                break;
-            }
-        }
-        // Keep draining so that the node never blocks on a full pipe.
-        for _ in lines {}
-    });
+    let (child, address) = binary_support::spawn(&arguments, &log, START_DEADLINE);
     let mut node = Node {
         child: Some(child),
         address: String::new(),
         log,
     };
-    match announcement.recv_timeout(START_DEADLINE) {
-        Ok(address) => node.address = address,
-        Err(_) => {
+    match address {
+        Some(address) => node.address = address,
+        None => {
             let status = node
                 .child
                 .as_mut()

@@ -127,6 +127,17 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// A private Redis on a free port, or `None` with the reason printed (no `redis-server`).
+    pub async fn start_or_skip() -> Option<PrivateRedis> {
+        match PrivateRedis::start(free_port()).await {
+            Ok(redis) => Some(redis),
+            Err(error) => {
+                eprintln!("skipping: {error}");
+                None
+            }
+        }
+    }
+
     pub async fn start(port: u16) -> Result<PrivateRedis, String> {
         let child = Command::new("redis-server")
             .args([

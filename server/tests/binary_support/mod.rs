@@ -1,0 +1,50 @@
+//! The real `livevote-server` binary for process-level tests: started with a clean environment
+//! (no `LIVEVOTE_*` variable of the test's own leaks in), its stderr appended to a log, and its
+//! `listening on http://ADDRESS` line awaited, bounded.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_livevote-server");
+
+/// Starts the binary with `arguments`, its stderr appended to `log`. Returns the child and the
+/// address it announced, or `None` for the address when no `listening on` line came within
+/// `deadline` (the caller says why, with the log's tail).
+pub fn spawn(arguments: &[String], log: &Path, deadline: Duration) -> (Child, Option<String>) {
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the server's log");
+    let mut command = Command::new(BINARY);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LIVEVOTE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    let mut child = command.spawn().expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (announced, announcement) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { return };
+            if let Some(address) = line.strip_prefix("listening on http://") {
+                let _ = announced.send(address.trim().to_owned());
+                break;
+            }
+        }
+        // Keep draining so that the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    (child, announcement.recv_timeout(deadline).ok())
+}
