@@ -4,7 +4,8 @@
 //! `bench/RESULTS-cluster.md` with the machine, the exact commands, the numbers and the date.
 //! Needs the machine's PostgreSQL and Redis (`LIVEVOTE_BENCH_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `LIVEVOTE_BENCH_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`). `cargo xtask bench --cluster votes latency` runs only those;
+//! `redis://127.0.0.1:6379`). `cargo xtask bench --cluster votes latency` runs only those
+//! (`votes`, `latency`, `sockets`, `sockets-100k`);
 //! `--out FILE` writes elsewhere. Not part of `cargo xtask test`.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ struct ClusterRun {
     /// The word selecting it on the command line.
     name: &'static str,
     workload: &'static str,
+    /// The report's label and the prefix of its summary keys.
+    label: &'static str,
     arguments: &'static [&'static str],
 }
 
@@ -33,6 +36,7 @@ const SUITE: &[ClusterRun] = &[
     ClusterRun {
         name: "votes",
         workload: "cluster-votes",
+        label: "livevote",
         // 10,000 voters, one hot event; 2,500 → 20,000 votes/s offered, 8 s a step.
         arguments: &[
             "--nodes",
@@ -52,6 +56,7 @@ const SUITE: &[ClusterRun] = &[
     ClusterRun {
         name: "latency",
         workload: "cluster-latency",
+        label: "livevote",
         arguments: &[
             "--nodes",
             "3",
@@ -68,6 +73,7 @@ const SUITE: &[ClusterRun] = &[
     ClusterRun {
         name: "sockets",
         workload: "cluster-sockets",
+        label: "livevote",
         // 22 s of idling covers one 20 s heartbeat round.
         arguments: &[
             "--nodes",
@@ -76,6 +82,23 @@ const SUITE: &[ClusterRun] = &[
             "20000",
             "--channels",
             "100",
+            "--idle-seconds",
+            "22",
+        ],
+    },
+    ClusterRun {
+        name: "sockets-100k",
+        workload: "cluster-sockets",
+        label: "livevote-100k",
+        // Six nodes, so that each stays under its open-file limit (20,000 here); the load
+        // generator spreads the sockets over helper processes for the same reason.
+        arguments: &[
+            "--nodes",
+            "6",
+            "--sockets",
+            "100000",
+            "--channels",
+            "1000",
             "--idle-seconds",
             "22",
         ],
@@ -94,7 +117,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
         match argument.as_str() {
             "--out" => out = Some(PathBuf::from(iterator.next().context("--out needs a file")?)),
             word if SUITE.iter().any(|run| run.name == word) => only.push(word.to_owned()),
-            other => bail!("usage: cargo xtask bench --cluster [votes latency sockets] [--out FILE] (unknown argument `{other}`)"),
+            other => bail!("usage: cargo xtask bench --cluster [votes latency sockets sockets-100k] [--out FILE] (unknown argument `{other}`)"),
         }
     }
     let out = out.unwrap_or_else(|| root.join("bench").join("RESULTS-cluster.md"));
@@ -131,7 +154,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
             .arg(run.workload)
             .args(run.arguments)
             .args(["--postgres-url", &postgres, "--redis-url", &redis])
-            .args(["--label", "livevote", "--summary"])
+            .args(["--label", run.label, "--summary"])
             .arg(&summary_file)
             .arg("--server-log")
             .arg(temporary.join(format!("{number}-{}.log", run.workload)))
@@ -377,15 +400,22 @@ fn targets(text: &mut String, summary: &BTreeMap<String, String>) {
         show(idle, 3),
         verdict(idle.map(|cores| cores <= 0.1))
     );
-    let sockets = number(summary, &key("cluster_sockets.sockets"));
+    let sockets = number(summary, "livevote-100k.cluster_sockets.sockets");
+    let still_open = number(summary, "livevote-100k.cluster_sockets.still_open");
+    let big_kib = number(summary, "livevote-100k.cluster_sockets.kib_per_socket");
+    let big_idle = number(summary, "livevote-100k.cluster_sockets.idle_cores");
+    let verdict = match (sockets, still_open) {
+        (Some(_), Some(open)) if open >= 100_000.0 => "met".to_string(),
+        (Some(subscribed), Some(open)) => format!(
+            "MISSED: {subscribed:.0} subscribed, {open:.0} still open after the idle window (see its section)"
+        ),
+        _ => "not measured".to_string(),
+    };
     let _ = writeln!(
         text,
-        "| 100,000 sockets across the nodes on one box | {} | {} |\n",
-        show(sockets, 0),
-        match sockets {
-            Some(count) if count >= 100_000.0 => "met",
-            Some(_) => "MISSED here: see the cluster sockets section",
-            None => "not measured",
-        }
+        "| 100,000 idle sockets across the nodes on one box (still open after the idle window; KiB per socket, highest node; idle cores of all nodes) | {} ({} KiB; {} cores) | {verdict} |\n",
+        show(still_open, 0),
+        show(big_kib, 2),
+        show(big_idle, 3),
     );
 }

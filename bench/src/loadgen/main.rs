@@ -59,6 +59,8 @@ enum Workload {
     ClusterLatency(WithCluster<workloads::cluster_latency::Options>),
     /// Cluster: idle sockets spread over the nodes: RSS per socket per node, idle CPU.
     ClusterSockets(WithCluster<workloads::cluster_sockets::Options>),
+    /// Helper of cluster-sockets: holds a share of its sockets in a process of its own.
+    HoldSockets(workloads::socket_holder::HoldOptions),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +144,9 @@ async fn run(cli: Cli, open_file_limit: u64) -> anyhow::Result<()> {
         Workload::W3(with) => with.common.clone(),
         Workload::W4(with) => with.common.clone(),
         Workload::W5(with) => with.common.clone(),
+        Workload::HoldSockets(options) => {
+            return workloads::socket_holder::hold(options, open_file_limit).await
+        }
         Workload::ClusterVotes(WithCluster {
             common, cluster, ..
         })
@@ -187,7 +192,8 @@ async fn run(cli: Cli, open_file_limit: u64) -> anyhow::Result<()> {
             Workload::W5(with) => workloads::w5::run(&bench, &with.options, &common.label).await?,
             Workload::ClusterVotes(_)
             | Workload::ClusterLatency(_)
-            | Workload::ClusterSockets(_) => {
+            | Workload::ClusterSockets(_)
+            | Workload::HoldSockets(_) => {
                 return Err(anyhow!("the cluster workloads run through run_cluster"))
             }
         };

@@ -49,7 +49,7 @@ pub struct Options {
     /// Keep-alive HTTP connections casting votes, per node (the most requests in flight on it).
     #[arg(long, default_value_t = 256)]
     connections: usize,
-    /// Every Nth accepted vote is sent again with the same key and body to the next node; it
+    /// Every Nth vote, once accepted, is sent again with the same key and body to the next node; it
     /// must get the first answer and change nothing (0: never).
     #[arg(long, default_value_t = 50)]
     replay_every: u64,
@@ -281,7 +281,8 @@ pub async fn run(cluster: &Cluster, options: &Options, label: &str) -> anyhow::R
             metric_changes
                 .iter()
                 .skip(1)
-                .map(|change| change.map_or("?".into(), |change| format!("{change:.0}")))
+                // A counter nothing has touched yet is not exported at all.
+                .map(|change| change.map_or("none".into(), |change| format!("{change:.0}")))
                 .collect::<Vec<_>>()
                 .join(" / "),
         );
@@ -438,7 +439,7 @@ async fn step_votes(
                     }
                     log.accepted += 1;
                     *log.per_voter.entry(voter).or_default() += 1;
-                    if replay_every == 0 || log.accepted % replay_every != 0 {
+                    if replay_every == 0 || index % replay_every != 0 {
                         continue;
                     }
                     let replay = replay_connection

@@ -4,6 +4,7 @@
 pub mod cluster_latency;
 pub mod cluster_sockets;
 pub mod cluster_votes;
+pub mod socket_holder;
 pub mod w1;
 pub mod w2;
 pub mod w3;
