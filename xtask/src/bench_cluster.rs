@@ -190,7 +190,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
     let _ = writeln!(text, "# livevote cluster benchmark results\n");
     let _ = writeln!(
         text,
-        "Written by `cargo xtask bench --cluster` ({:.0} s including the build). Issue 11's cluster on one machine: every node is a real `livevote-server` release process on a loopback port; they share one PostgreSQL database created for the run (and dropped after it) and one Redis under a prefix of the run's own. The load generator, the nodes, PostgreSQL and Redis all share the machine's cores, so these numbers are what the whole cluster does on this box, not what one node does on its own.\n",
+        "Written by `cargo xtask bench --cluster` ({:.0} s including the build). Issue 11's cluster on one machine: every node is a real `livevote-server` release process on a loopback port; they share one PostgreSQL database created for the run (and dropped after it) and one Redis under a prefix of the run's own. The load generator, the nodes, PostgreSQL and Redis all share the machine's cores, so these numbers are what the whole cluster does on this box, not what one node does on its own. What they suggest, and the by-hand runs behind that, is in `bench/ANALYSIS.md` (Cluster section).\n",
         started.elapsed().as_secs_f64()
     );
     let _ = writeln!(text, "## Machine\n\n| | |\n| --- | --- |");
