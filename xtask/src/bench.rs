@@ -5,6 +5,7 @@
 //!
 //! `cargo xtask bench w1 w3` runs only the named workloads; `--full` runs issue 5's full sizes
 //! (about ten minutes; written to `bench/RESULTS-full.md`); `--out FILE` writes elsewhere.
+//! `--cluster` runs issue 11's cluster workloads instead (`bench_cluster.rs`; main dispatches).
 //! Every server is spawned by the load generator on 127.0.0.1 with port 0 and stopped by it.
 //!
 //! tidy: long file: the run list, the runner and the RESULTS.md writer share one definition of
@@ -159,7 +160,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
             "--out" => out = Some(PathBuf::from(iterator.next().context("--out needs a file")?)),
             "--full" => full = true,
             word if word.starts_with('w') && word.len() == 2 => only.push(word.to_owned()),
-            other => bail!("usage: cargo xtask bench [--full] [w1 w2 w3 w4 w5] [--out FILE] (unknown argument `{other}`)"),
+            other => bail!("usage: cargo xtask bench [--full] [w1 w2 w3 w4 w5] [--out FILE], or cargo xtask bench --cluster [votes latency sockets] [--out FILE] (unknown argument `{other}`)"),
         }
     }
     let out = out.unwrap_or_else(|| {
@@ -256,7 +257,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn build(root: &Path) -> Result<()> {
+pub(crate) fn build(root: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args([
@@ -276,7 +277,7 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -313,7 +314,7 @@ fn server_command(server: Server, target: &Path, database: &Path) -> Vec<String>
 
 /// Waits up to 60 s for the 1-minute load average to drop below 1.0: concurrent compiles on
 /// the two shared cores disturb every number. Proceeds regardless; RESULTS.md records the load.
-fn wait_for_quiet() {
+pub(crate) fn wait_for_quiet() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let load: f64 = load_average()
@@ -329,7 +330,7 @@ fn wait_for_quiet() {
     }
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|text| {
             text.split_whitespace()
@@ -341,7 +342,7 @@ fn load_average() -> String {
 }
 
 /// Rows describing the machine and the build.
-fn machine(root: &Path) -> Vec<(&'static str, String)> {
+pub(crate) fn machine(root: &Path) -> Vec<(&'static str, String)> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -427,7 +428,7 @@ fn command_output(command: &mut Command) -> String {
         .unwrap_or_default()
 }
 
-fn read_summary(path: &Path) -> BTreeMap<String, String> {
+pub(crate) fn read_summary(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -438,11 +439,11 @@ fn read_summary(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn number(summary: &BTreeMap<String, String>, key: &str) -> Option<f64> {
+pub(crate) fn number(summary: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     summary.get(key).and_then(|value| value.parse().ok())
 }
 
-fn show(value: Option<f64>, decimals: usize) -> String {
+pub(crate) fn show(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(
         || "not measured".into(),
         |value| format!("{value:.decimals$}"),

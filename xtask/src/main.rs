@@ -2,6 +2,7 @@
 //! around `cargo xtask test`.
 
 mod bench;
+mod bench_cluster;
 mod cluster;
 mod demo;
 mod fuzz;
@@ -26,11 +27,18 @@ fn main() -> ExitCode {
         "test" => test::run(&rest),
         "demo" => demo::run(&rest),
         "npm" => npm::run(&rest),
+        "bench" if rest.iter().any(|argument| argument == "--cluster") => {
+            let rest: Vec<String> = rest
+                .into_iter()
+                .filter(|argument| argument != "--cluster")
+                .collect();
+            bench_cluster::run(&rest)
+        }
         "bench" => bench::run(&rest),
         "cluster" => cluster::run(&rest),
         "fuzz" => fuzz::run(&rest),
         _ => Err(anyhow!(
-            "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md\n  cluster  run several nodes on Postgres and Redis behind HAProxy (--check: its smoke test)\n  fuzz   run every fuzz target for SECONDS (default 60) each"
+            "usage: cargo xtask <command>\n\n  test   install what is missing, then run every check and test (what CI runs)\n  demo   build the SDK and start the server with a live demo on SQLite\n  npm    build the `livevote` npm package into npm/dist\n  bench  run the short benchmark suite and write bench/RESULTS.md (--cluster: bench/RESULTS-cluster.md)\n  cluster  run several nodes on Postgres and Redis behind HAProxy (--check: its smoke test)\n  fuzz   run every fuzz target for SECONDS (default 60) each"
         )),
     };
     match outcome {

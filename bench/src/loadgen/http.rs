@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
@@ -100,9 +100,22 @@ impl HttpConnection {
         authorization: Option<HeaderValue>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Answer> {
+        self.request_with_headers(method, path, authorization, None, body)
+            .await
+    }
+
+    /// [`HttpConnection::request`] with one more header, such as an `Idempotency-Key`.
+    pub async fn request_with_headers(
+        &mut self,
+        method: Method,
+        path: &str,
+        authorization: Option<HeaderValue>,
+        extra: Option<(HeaderName, HeaderValue)>,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<Answer> {
         let outcome = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.request_inner(method, path, authorization, body),
+            self.request_inner(method, path, authorization, extra, body),
         )
         .await;
         match outcome {
@@ -123,6 +136,7 @@ impl HttpConnection {
         method: Method,
         path: &str,
         authorization: Option<HeaderValue>,
+        extra: Option<(HeaderName, HeaderValue)>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Answer> {
         let mut builder = Request::builder()
@@ -131,6 +145,9 @@ impl HttpConnection {
             .header(HOST, self.host.as_str());
         if let Some(authorization) = authorization {
             builder = builder.header(AUTHORIZATION, authorization);
+        }
+        if let Some((name, value)) = extra {
+            builder = builder.header(name, value);
         }
         let has_body = body.is_some();
         if has_body {

@@ -4,7 +4,10 @@
 //!
 //! Run against a server already listening (`--server http://ADDR --server-pid PID`), or let it
 //! spawn one: `livevote-loadgen w1 --sockets 10000 -- target/release/livevote-server --dev …`.
+//! The cluster workloads (issue 11) always spawn their nodes, sharing a database and a Redis
+//! prefix of the run's own: `livevote-loadgen cluster-votes --nodes 3 -- target/release/livevote-server --dev …`.
 
+mod cluster;
 mod context;
 mod histogram;
 mod http;
@@ -49,6 +52,25 @@ enum Workload {
     W4(WithCommon<workloads::w4::Options>),
     /// Event close: EVENT_CLOSED delay after closesAt across many subscribers.
     W5(WithCommon<workloads::w5::Options>),
+    /// Cluster: durable votes/s on one hot event over several nodes sharing Postgres, latency,
+    /// and an exact SQL audit of the ledger.
+    ClusterVotes(WithCluster<workloads::cluster_votes::Options>),
+    /// Cluster: from a commit on the first node to the frame on a socket of the last node.
+    ClusterLatency(WithCluster<workloads::cluster_latency::Options>),
+    /// Cluster: idle sockets spread over the nodes: RSS per socket per node, idle CPU.
+    ClusterSockets(WithCluster<workloads::cluster_sockets::Options>),
+    /// Helper of cluster-sockets: holds a share of its sockets in a process of its own.
+    HoldSockets(workloads::socket_holder::HoldOptions),
+}
+
+#[derive(Debug, Args)]
+struct WithCluster<T: Args> {
+    #[command(flatten)]
+    options: T,
+    #[command(flatten)]
+    cluster: cluster::ClusterOptions,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -98,7 +120,9 @@ pub struct Common {
     #[arg(long, default_value = "/tmp/livevote-bench-server.log")]
     server_log: PathBuf,
     /// Server command to spawn for this run (program and arguments after `--`); it must print
-    /// `listening on http://ADDR`. It is stopped with SIGTERM when the workload ends.
+    /// `listening on http://ADDR`. It is stopped with SIGTERM when the workload ends. For the
+    /// cluster workloads each node runs it with `--listen`, `--database-url`, `--broker-url`,
+    /// `--broker-prefix` and `--jwt-secret` appended (so leave those out).
     #[arg(last = true)]
     spawn: Vec<String>,
 }
@@ -120,6 +144,18 @@ async fn run(cli: Cli, open_file_limit: u64) -> anyhow::Result<()> {
         Workload::W3(with) => with.common.clone(),
         Workload::W4(with) => with.common.clone(),
         Workload::W5(with) => with.common.clone(),
+        Workload::HoldSockets(options) => {
+            return workloads::socket_holder::hold(options, open_file_limit).await
+        }
+        Workload::ClusterVotes(WithCluster {
+            common, cluster, ..
+        })
+        | Workload::ClusterLatency(WithCluster {
+            common, cluster, ..
+        })
+        | Workload::ClusterSockets(WithCluster {
+            common, cluster, ..
+        }) => return run_cluster(&cli.workload, common, cluster, open_file_limit).await,
     };
     let spawned = if common.spawn.is_empty() {
         None
@@ -154,6 +190,12 @@ async fn run(cli: Cli, open_file_limit: u64) -> anyhow::Result<()> {
             Workload::W3(with) => workloads::w3::run(&bench, &with.options, &common.label).await?,
             Workload::W4(with) => workloads::w4::run(&bench, &with.options, &common.label).await?,
             Workload::W5(with) => workloads::w5::run(&bench, &with.options, &common.label).await?,
+            Workload::ClusterVotes(_)
+            | Workload::ClusterLatency(_)
+            | Workload::ClusterSockets(_)
+            | Workload::HoldSockets(_) => {
+                return Err(anyhow!("the cluster workloads run through run_cluster"))
+            }
         };
         report.row(
             "load average before / after (1, 5, 15 min)",
@@ -170,6 +212,57 @@ async fn run(cli: Cli, open_file_limit: u64) -> anyhow::Result<()> {
     if let Some(exit) = stopped {
         report.row("spawned server exit after SIGTERM", exit);
     }
+    report.finish(common.summary.as_ref())
+}
+
+/// Starts a cluster (`--nodes` copies of the command after `--`), runs the cluster workload on
+/// it, and always stops the nodes and drops the run's database afterwards, also when the
+/// workload failed.
+async fn run_cluster(
+    workload: &Workload,
+    common: &Common,
+    options: &cluster::ClusterOptions,
+    open_file_limit: u64,
+) -> anyhow::Result<()> {
+    let settings = cluster::BenchSettings {
+        api_key: common.api_key.clone(),
+        sources: common.sources,
+        read_buffer_size: common.read_buffer_size,
+        connect_concurrency: common.connect_concurrency,
+        open_file_limit,
+    };
+    let nodes = match workload {
+        Workload::ClusterVotes(with) => with.options.nodes,
+        Workload::ClusterLatency(with) => with.options.nodes,
+        Workload::ClusterSockets(with) => with.options.nodes,
+        _ => 1,
+    };
+    let mut cluster =
+        cluster::Cluster::start(nodes, &common.spawn, options, &common.server_log, &settings)
+            .await?;
+    let load_before = system::load_average();
+    let label = common.label.as_str();
+    let outcome = match workload {
+        Workload::ClusterVotes(with) => {
+            workloads::cluster_votes::run(&cluster, &with.options, label).await
+        }
+        Workload::ClusterLatency(with) => {
+            workloads::cluster_latency::run(&cluster, &with.options, label).await
+        }
+        Workload::ClusterSockets(with) => {
+            workloads::cluster_sockets::run(&cluster, &with.options, label).await
+        }
+        _ => Err(anyhow!("not a cluster workload")),
+    };
+    let load_after = system::load_average();
+    let (exits, dropped) = cluster.stop().await;
+    let mut report = outcome?;
+    report.row(
+        "load average before / after (1, 5, 15 min)",
+        format!("{load_before} / {load_after}"),
+    );
+    report.row("spawned nodes' exit after SIGTERM", exits);
+    report.row("the run's database afterwards", dropped);
     report.finish(common.summary.as_ref())
 }
 

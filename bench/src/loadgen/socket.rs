@@ -82,6 +82,11 @@ pub struct WirePayload<'a> {
     pub message: Option<Cow<'a, str>>,
     #[serde(default)]
     pub event: Option<WireEvent<'a>>,
+    /// BALANCE_UPDATED's balance and whose it is.
+    #[serde(default)]
+    pub balance: Option<i64>,
+    #[serde(borrow, default)]
+    pub user_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +295,26 @@ impl LiveSocket {
             }
         }
         true
+    }
+
+    /// Sends `{"action":"subscribe","channels":[…]}` and reads until its SUBSCRIBED (the
+    /// channels' snapshots come first); false when the socket closed or `until` passed.
+    pub async fn subscribe(
+        &mut self,
+        channels: &[String],
+        until: Instant,
+        stop: &CancellationToken,
+    ) -> bool {
+        let command = serde_json::json!({"action": "subscribe", "channels": channels});
+        if self
+            .stream
+            .send(Message::Text(command.to_string().into()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.await_subscribed(until, stop, |_, _| {}).await
     }
 
     /// Drops the connection without a WebSocket close handshake (the TCP connection just closes),

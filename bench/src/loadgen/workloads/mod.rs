@@ -1,5 +1,10 @@
-//! The five workloads of issue 5, one module each; each returns its [`crate::report::Report`].
+//! The five workloads of issue 5 and the cluster workloads of issue 11, one module each; each
+//! returns its [`crate::report::Report`].
 
+pub mod cluster_latency;
+pub mod cluster_sockets;
+pub mod cluster_votes;
+pub mod socket_holder;
 pub mod w1;
 pub mod w2;
 pub mod w3;
