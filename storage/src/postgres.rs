@@ -95,6 +95,14 @@ impl PostgresStore {
             )));
         }
         let options = PgConnectOptions::from_str(url)?.options([
+            // sqlx prepares every statement, and after five runs Postgres may keep one generic
+            // plan made from the statistics of that moment. A database created minutes ago has
+            // none (autovacuum analyzes a table a minute or more later), so the plan cached for
+            // the idempotency-key lookup was a sequential scan with a hash join, and every
+            // batch read the whole key table: 36 million rows in 25 seconds of one benchmark,
+            // throughput falling as keys piled up. Planning each run sees the table's current
+            // size and costs far less than one round trip.
+            ("plan_cache_mode", "force_custom_plan".to_owned()),
             ("lock_timeout", format!("{}ms", LOCK_TIMEOUT.as_millis())),
             (
                 "statement_timeout",
@@ -194,9 +202,15 @@ impl Store for PostgresStore {
         let mut found = Vec::with_capacity(user_ids.len());
         for chunk in user_ids.chunks(BALANCES_PER_QUERY) {
             self.queries.add(1);
+            // One backward probe of `ledger_by_user` per user, whatever the statistics say:
+            // a join the planner may turn into a scan of the whole (ever-growing) ledger once
+            // the users asked about hold a good share of its rows, as the periodic resync's
+            // chunks of every cached user do.
             let rows = sqlx::query(
-                "SELECT DISTINCT ON (user_id) user_id, balance, id FROM ledger \
-                 WHERE user_id = ANY($1) ORDER BY user_id, id DESC",
+                "SELECT wanted.user_id, latest.balance, latest.id \
+                 FROM (SELECT DISTINCT user_id FROM UNNEST($1::uuid[]) AS given (user_id)) \
+                 AS wanted CROSS JOIN LATERAL (SELECT balance, id FROM ledger \
+                 WHERE ledger.user_id = wanted.user_id ORDER BY id DESC LIMIT 1) AS latest",
             )
             .bind(chunk)
             .fetch_all(&self.readers)

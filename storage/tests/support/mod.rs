@@ -134,6 +134,14 @@ impl TestDatabase {
         }
     }
 
+    /// Runs SQL without parameters that returns one text column, outside the store (Postgres).
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let mut connection = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+        rows.iter().map(|row| row.get::<String, _>(0)).collect()
+    }
+
     /// Runs SQL statements without parameters outside the store.
     pub async fn execute(&self, sql: &str) {
         match self.kind {
