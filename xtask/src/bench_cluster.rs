@@ -363,6 +363,25 @@ fn targets(text: &mut String, summary: &BTreeMap<String, String>) {
         exact.map_or("not measured", |exact| if exact == 1.0 { "exact" } else { "NOT exact" }),
         verdict(exact.map(|exact| exact == 1.0))
     );
+    let close_events = number(summary, &key("cluster_votes.closes.events"));
+    let duplicates = number(summary, &key("cluster_votes.closes.duplicates"));
+    let misses = number(summary, &key("cluster_votes.closes.misses"));
+    let closes_exact = number(summary, &key("cluster_votes.closes.exact"));
+    let _ = writeln!(
+        text,
+        "| closes under the storm: 0 repeated and 0 missed EVENT_CLOSED on any socket, close counters sum to the events ({} events; the fault runs are the kill_nine and cluster_closes tests) | {} repeated / {} missed | {} |",
+        show(close_events, 0),
+        show(duplicates, 0),
+        show(misses, 0),
+        verdict(closes_exact.map(|exact| exact == 1.0))
+    );
+    let close_p99 = number(summary, &key("cluster_votes.closes.delay_p99_ms"));
+    let _ = writeln!(
+        text,
+        "| close delay p99 ≤ 100 ms under the storm (EVENT_CLOSED receipt − closesAt, at 10,000/s offered) | {} | {} |",
+        show(close_p99, 1),
+        verdict(close_p99.map(|p99| p99 <= 100.0))
+    );
     for (kind, name, target) in [
         ("created", "EVENT_CREATED", 50.0),
         ("closed", "EVENT_CLOSED", 50.0),

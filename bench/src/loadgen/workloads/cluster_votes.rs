@@ -14,6 +14,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use livevote_protocol::{Role, VoteRequest};
 use uuid::Uuid;
 
+use super::cluster_closes;
 use crate::cluster::{cpu_between, machine_busy, sample_pids, Audit, Cluster};
 use crate::context::Bench;
 use crate::histogram::{millis, Histogram};
@@ -56,6 +57,9 @@ pub struct Options {
     /// The offered rate whose step the targets are judged at.
     #[arg(long, default_value_t = 10_000)]
     target_rate: u32,
+    /// Events closing during the target rate's step, and the sockets watching them.
+    #[command(flatten)]
+    closes: cluster_closes::Options,
 }
 
 /// What one voting connection did in one step.
@@ -169,6 +173,22 @@ pub async fn run(cluster: &Cluster, options: &Options, label: &str) -> anyhow::R
     for (step, &rate) in options.rates.iter().enumerate() {
         let number = step + 1;
         eprintln!("cluster votes: step {number}, {rate} votes/s offered");
+        // Planned to close from 4 s from now (after they are created and the step has begun)
+        // to 1 s before the step ends, while its votes are still arriving.
+        let closing = if rate == options.target_rate && options.closes.closing_events > 0 {
+            Some(
+                cluster_closes::prepare(
+                    cluster,
+                    &options.closes,
+                    &worker,
+                    Duration::from_secs(4),
+                    Duration::from_secs(options.step_seconds.saturating_sub(3).max(1)),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         tokio::time::sleep(Duration::from_secs(1)).await;
         let from_send = Arc::new(Histogram::default());
         let from_schedule = Arc::new(Histogram::default());
@@ -297,6 +317,9 @@ pub async fn run(cluster: &Cluster, options: &Options, label: &str) -> anyhow::R
             );
         }
         total.absorb(log);
+        if let Some(closing) = closing {
+            cluster_closes::finish(cluster, closing, &mut report).await?;
+        }
     }
     report.metric(
         "most durable votes/s accepted in one step",

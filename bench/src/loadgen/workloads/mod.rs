@@ -1,6 +1,7 @@
 //! The five workloads of issue 5 and the cluster workloads of issue 11, one module each; each
 //! returns its [`crate::report::Report`].
 
+pub mod cluster_closes;
 pub mod cluster_latency;
 pub mod cluster_sockets;
 pub mod cluster_votes;
