@@ -385,7 +385,16 @@ pub(crate) fn machine(root: &Path) -> Vec<(&'static str, String)> {
     );
     let dirty = command_output(
         Command::new("git")
-            .args(["status", "--porcelain", "--untracked-files=no"])
+            // The reports themselves are rewritten by every run; an older one left
+            // uncommitted says nothing about the code measured.
+            .args([
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)bench/RESULTS*.md",
+            ])
             .current_dir(root),
     );
     vec![
