@@ -1,7 +1,8 @@
 //! `cargo xtask bench --cluster`: builds the release binaries and runs issue 11's cluster
-//! benchmarks (durable votes/s over 3 nodes on one Postgres, cross-node latency, idle sockets
-//! over 5 nodes), each with a database and a Redis prefix of its own, and writes
-//! `bench/RESULTS-cluster.md` with the machine, the exact commands, the numbers and the date.
+//! benchmarks (durable votes/s over 3 nodes on one Postgres with 1,000 events closing under
+//! that storm, cross-node latency, idle sockets over 5 nodes), each with a database and a Redis
+//! prefix of its own, and writes `bench/RESULTS-cluster.md` with the machine, the exact
+//! commands, the numbers and the date.
 //! Needs the machine's PostgreSQL and Redis (`LIVEVOTE_BENCH_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `LIVEVOTE_BENCH_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`). `cargo xtask bench --cluster votes latency` runs only those

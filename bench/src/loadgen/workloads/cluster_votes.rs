@@ -4,6 +4,7 @@
 //! machine spent, and ends with an exact audit: totals = Σ ledger votes, each balance = Σ its
 //! entries, votes answered 200 = votes in the ledger (in all and per voter), and a vote sent
 //! again with its key to another node gets the first answer and changes nothing.
+//! During the step at the target rate, events close under the storm (`cluster_closes`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
