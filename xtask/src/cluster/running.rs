@@ -269,6 +269,15 @@ impl Cluster {
     /// and reports nodes that exit on their own.
     pub(super) fn serve_commands(&mut self) -> Result<()> {
         let (lines, commands) = mpsc::channel();
+        // A signal is a `quit`: the loop returns and dropping the cluster stops every node
+        // and the balancer, so that nothing is left holding the ports. Without this a SIGTERM
+        // (a service manager, `timeout`, a CI job's end) killed only this process.
+        let signalled = lines.clone();
+        if let Err(error) = ctrlc::set_handler(move || {
+            let _ = signalled.send("quit".to_owned());
+        }) {
+            println!("  signals will not stop the cluster cleanly: {error}");
+        }
         std::thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
                 let Ok(line) = line else { break };
