@@ -109,6 +109,12 @@ struct Action {
     answered: Instant,
 }
 
+/// When a request to node A was sent and answered.
+struct Timed {
+    sent: Instant,
+    answered: Instant,
+}
+
 /// What one socket received after subscribing, by kind.
 #[derive(Debug, Default)]
 struct Seen {
@@ -476,14 +482,11 @@ impl Driver<'_> {
                 &format!("Cluster latency round {round}"),
             )
             .await?;
-        let answered = Instant::now();
-        self.actions.push(Action {
-            kind: Kind::Created,
-            subject: event.to_string(),
-            value: 0,
+        let created = Timed {
             sent,
-            answered,
-        });
+            answered: Instant::now(),
+        };
+        self.record(Kind::Created, event.to_string(), 0, &created);
         wait_until(
             "EVENT_CREATED seen",
             expected,
@@ -498,42 +501,37 @@ impl Driver<'_> {
         for vote in 0..options.votes_per_round {
             pause(50, options.update_interval_ms + 150).await;
             let index = (round * options.votes_per_round + vote) % self.remote;
-            let body = bytes::Bytes::from(serde_json::to_vec(&VoteRequest {
+            let body = serde_json::to_vec(&VoteRequest {
                 option_id: if vote % 2 == 0 { "a" } else { "b" }.into(),
                 votes: 1,
-            })?);
+            })?;
             let key = HeaderValue::from_str(&Uuid::new_v4().to_string())?;
-            let sent = Instant::now();
-            let answer = self
-                .connection
-                .request_with_headers(
-                    hyper::Method::POST,
+            let Some((answer, timed)) = self
+                .timed(
+                    "vote",
                     &path,
-                    Some(bearer(&self.tokens[index])?),
+                    bearer(&self.tokens[index])?,
                     Some((HeaderName::from_static("idempotency-key"), key)),
                     Some(body),
                 )
-                .await;
-            let answered = Instant::now();
-            let Some(answer) = self.accepted("vote", answer) else {
+                .await
+            else {
                 continue;
             };
             let parsed: livevote_protocol::VoteResponse = serde_json::from_slice(&answer)?;
             let sum: u64 = parsed.totals.values().sum();
-            self.actions.push(Action {
-                kind: Kind::Updated,
-                subject: event.to_string(),
-                value: i64::try_from(sum)?,
-                sent,
-                answered,
-            });
-            self.actions.push(Action {
-                kind: Kind::Balance,
-                subject: self.users[index].to_string(),
-                value: parsed.balance,
-                sent,
-                answered,
-            });
+            self.record(
+                Kind::Updated,
+                event.to_string(),
+                i64::try_from(sum)?,
+                &timed,
+            );
+            self.record(
+                Kind::Balance,
+                self.users[index].to_string(),
+                parsed.balance,
+                &timed,
+            );
         }
         // Let the last coalesced flush go out before the credits.
         tokio::time::sleep(Duration::from_millis(options.update_interval_ms + 200)).await;
@@ -543,62 +541,41 @@ impl Driver<'_> {
             // Users other than this round's voters, so one change at a time reaches a socket.
             let index =
                 (round * options.credits_per_round + credit + self.remote / 2) % self.remote;
-            let body = bytes::Bytes::from(serde_json::to_vec(&CreditRequest {
+            let body = serde_json::to_vec(&CreditRequest {
                 user_id: self.users[index].to_string(),
                 amount: 1,
                 reason: "cluster latency".into(),
-            })?);
-            let sent = Instant::now();
-            let answer = self
-                .connection
-                .request(
-                    hyper::Method::POST,
-                    "/api/ledger/credit",
-                    Some(self.admin.clone()),
-                    Some(body),
-                )
-                .await;
-            let answered = Instant::now();
-            let Some(answer) = self.accepted("credit", answer) else {
+            })?;
+            let admin = self.admin.clone();
+            let Some((answer, timed)) = self
+                .timed("credit", "/api/ledger/credit", admin, None, Some(body))
+                .await
+            else {
                 continue;
             };
             let parsed: livevote_protocol::BalanceResponse = serde_json::from_slice(&answer)?;
-            self.actions.push(Action {
-                kind: Kind::Balance,
-                subject: self.users[index].to_string(),
-                value: parsed.balance,
-                sent,
-                answered,
-            });
+            self.record(
+                Kind::Balance,
+                self.users[index].to_string(),
+                parsed.balance,
+                &timed,
+            );
         }
 
         // A notice to the streamer's channel.
         pause(50, 200).await;
         let message = format!("cluster latency round {round}");
-        let body = bytes::Bytes::from(serde_json::to_vec(&NoticeRequest {
+        let body = serde_json::to_vec(&NoticeRequest {
             channel: format!("streamer:{}", self.streamer),
             code: NOTICE_CODE.into(),
             message: message.clone(),
-        })?);
-        let sent = Instant::now();
-        let answer = self
-            .connection
-            .request(
-                hyper::Method::POST,
-                "/api/notices",
-                Some(self.admin.clone()),
-                Some(body),
-            )
-            .await;
-        let answered = Instant::now();
-        if self.accepted("notice", answer).is_some() {
-            self.actions.push(Action {
-                kind: Kind::Notice,
-                subject: message,
-                value: 0,
-                sent,
-                answered,
-            });
+        })?;
+        let admin = self.admin.clone();
+        if let Some((_, timed)) = self
+            .timed("notice", "/api/notices", admin, None, Some(body))
+            .await
+        {
+            self.record(Kind::Notice, message, 0, &timed);
         }
         wait_until(
             "SYSTEM_NOTICE seen",
@@ -610,25 +587,10 @@ impl Driver<'_> {
 
         // The close: EVENT_CLOSED to everyone.
         pause(50, 200).await;
-        let sent = Instant::now();
-        let answer = self
-            .connection
-            .request(
-                hyper::Method::POST,
-                &format!("/api/events/{event}/close"),
-                Some(bearer(&self.worker)?),
-                None,
-            )
-            .await;
-        let answered = Instant::now();
-        if self.accepted("close", answer).is_some() {
-            self.actions.push(Action {
-                kind: Kind::Closed,
-                subject: event.to_string(),
-                value: 0,
-                sent,
-                answered,
-            });
+        let worker = bearer(&self.worker)?;
+        let close = format!("/api/events/{event}/close");
+        if let Some((_, timed)) = self.timed("close", &close, worker, None, None).await {
+            self.record(Kind::Closed, event.to_string(), 0, &timed);
         }
         wait_until(
             "EVENT_CLOSED seen",
@@ -638,6 +600,43 @@ impl Driver<'_> {
         )
         .await;
         Ok(())
+    }
+
+    /// POSTs `body` to `path` on node A: the 2xx answer's body and when the request was sent
+    /// and answered; a failure is counted under `what` (see [`Driver::accepted`]) and gives
+    /// `None`.
+    async fn timed(
+        &mut self,
+        what: &str,
+        path: &str,
+        authorization: HeaderValue,
+        header: Option<(HeaderName, HeaderValue)>,
+        body: Option<Vec<u8>>,
+    ) -> Option<(bytes::Bytes, Timed)> {
+        let sent = Instant::now();
+        let answer = self
+            .connection
+            .request_with_headers(
+                hyper::Method::POST,
+                path,
+                Some(authorization),
+                header,
+                body.map(bytes::Bytes::from),
+            )
+            .await;
+        let answered = Instant::now();
+        let body = self.accepted(what, answer)?;
+        Some((body, Timed { sent, answered }))
+    }
+
+    fn record(&mut self, kind: Kind, subject: String, value: i64, timed: &Timed) {
+        self.actions.push(Action {
+            kind,
+            subject,
+            value,
+            sent: timed.sent,
+            answered: timed.answered,
+        });
     }
 
     /// The body of a 2xx answer; anything else is counted under `what` and gives `None`.
