@@ -488,23 +488,7 @@ async fn mint(
     role: &str,
     streamer: Option<Uuid>,
 ) -> String {
-    let mut body = json!({"apiKey": API_KEY, "userId": user, "role": role, "ttlSeconds": 3600});
-    if let Some(streamer) = streamer {
-        body["streamerId"] = json!(streamer);
-    }
-    let answer: Value = http
-        .post(format!("http://{base}/api/auth"))
-        .json(&body)
-        .send()
-        .await
-        .expect("mint a token")
-        .json()
-        .await
-        .expect("a token body");
-    answer["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token in {answer}"))
-        .to_owned()
+    binary_support::mint_token(http, base, API_KEY, user, role, streamer).await
 }
 
 async fn create_event(

@@ -9,6 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+use uuid::Uuid;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_livevote-server");
 
 /// Starts the binary with `arguments`, its stderr appended to `log`. Returns the child and the
@@ -47,4 +50,33 @@ pub fn spawn(arguments: &[String], log: &Path, deadline: Duration) -> (Child, Op
         for _ in lines {}
     });
     (child, announcement.recv_timeout(deadline).ok())
+}
+
+/// A token for `user` from the `/api/auth` of the server at `address` (`host:port`), valid for
+/// an hour.
+pub async fn mint_token(
+    http: &reqwest::Client,
+    address: &str,
+    api_key: &str,
+    user: Uuid,
+    role: &str,
+    streamer: Option<Uuid>,
+) -> String {
+    let mut body = json!({"apiKey": api_key, "userId": user, "role": role, "ttlSeconds": 3600});
+    if let Some(streamer) = streamer {
+        body["streamerId"] = json!(streamer);
+    }
+    let answer: Value = http
+        .post(format!("http://{address}/api/auth"))
+        .json(&body)
+        .send()
+        .await
+        .expect("mint a token")
+        .json()
+        .await
+        .expect("a token body");
+    answer["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {answer}"))
+        .to_owned()
 }

@@ -10,7 +10,6 @@ use std::process::Child;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -228,24 +227,15 @@ impl Cluster {
         role: &str,
         streamer: Option<Uuid>,
     ) -> String {
-        let mut body = json!({"apiKey": API_KEY, "userId": user, "role": role, "ttlSeconds": 3600});
-        if let Some(streamer) = streamer {
-            body["streamerId"] = json!(streamer);
-        }
-        let answer: Value = self
-            .http
-            .post(self.nodes[index].url("/api/auth"))
-            .json(&body)
-            .send()
-            .await
-            .expect("mint a token")
-            .json()
-            .await
-            .expect("a token body");
-        answer["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token in {answer}"))
-            .to_owned()
+        binary_support::mint_token(
+            &self.http,
+            &self.nodes[index].address,
+            API_KEY,
+            user,
+            role,
+            streamer,
+        )
+        .await
     }
 }
 
