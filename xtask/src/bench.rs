@@ -244,8 +244,20 @@ pub fn run(arguments: &[String]) -> Result<()> {
         &sections,
         started.elapsed(),
     );
-    std::fs::write(&out, document).with_context(|| format!("writing {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(&temporary);
+    write_results(&out, &document, &temporary, started, &failures)
+}
+
+/// Writes a suite's results to `out`, removes its temporary folder, and fails (after writing,
+/// so that what did run is kept) when any of its runs did.
+pub(crate) fn write_results(
+    out: &Path,
+    document: &str,
+    temporary: &Path,
+    started: Instant,
+    failures: &[String],
+) -> Result<()> {
+    std::fs::write(out, document).with_context(|| format!("writing {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(temporary);
     eprintln!(
         "wrote {} in {:.0} s",
         out.display(),

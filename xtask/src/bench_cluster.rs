@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{
     build, load_average, machine, number, read_summary, show, target_dir, wait_for_quiet,
+    write_results,
 };
 use crate::workspace_root;
 
@@ -216,17 +217,7 @@ pub fn run(arguments: &[String]) -> Result<()> {
         "## By hand\n\nBuild with `cargo build --release -p livevote-server -p livevote-bench`, then for example:\n\n```\nNODE=\"target/release/livevote-server {}\"\ntarget/release/livevote-loadgen cluster-votes --nodes 3 -- $NODE\ntarget/release/livevote-loadgen cluster-latency --nodes 3 -- $NODE\ntarget/release/livevote-loadgen cluster-sockets --nodes 5 --sockets 20000 -- $NODE\n```\n\nThe load generator appends `--listen 127.0.0.1:0`, `--database-url` (the run's own database), `--broker-url`, `--broker-prefix` (the run's own) and `--jwt-secret` (one for all nodes) to each node's command; `--postgres-url` and `--redis-url` say where the shared services are.",
         node_flags().join(" ")
     );
-    std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(&temporary);
-    eprintln!(
-        "wrote {} in {:.0} s",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    if !failures.is_empty() {
-        bail!("some runs failed: {}", failures.join("; "));
-    }
-    Ok(())
+    write_results(&out, &text, &temporary, started, &failures)
 }
 
 /// Every node's flags besides those the load generator adds. The guards would turn the
