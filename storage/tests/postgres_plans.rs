@@ -135,3 +135,67 @@ async fn balances_of_many_users_read_only_their_latest_entries() {
     );
     database.audit().await;
 }
+
+/// Votes of many different users arrive together, so that one batch asks for hundreds of
+/// users and keys at once while the tables are still small, as in the first minute of a vote
+/// storm on a new cluster. The planner then finds a scan of the whole table cheaper than
+/// hundreds of index probes, and every batch (under the cluster's write lock) read every user
+/// and every key; the loads must probe the index per user and per key however many are asked.
+#[tokio::test]
+async fn a_batch_of_many_users_probes_their_rows_instead_of_scanning_the_tables() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = database.connect().await;
+    let event = open_event(&store, 1).await;
+    let voters = 2_000;
+    let user_ids: Vec<Uuid> = (0..voters).map(|_| Uuid::new_v4()).collect();
+    for chunk in user_ids.chunks(500) {
+        let calls = chunk
+            .iter()
+            .map(|user_id| store.ensure_user(*user_id, 1_000));
+        for known in futures_util::future::join_all(calls).await {
+            known.unwrap();
+        }
+    }
+    store.close().await;
+    // Another node: its cache is empty, so its batches load every voter.
+    let node = database.connect().await;
+    for round in 0..3 {
+        let calls = user_ids.iter().map(|user_id| {
+            let key = format!("round-{round}");
+            node.cast_vote(keyed(vote(*user_id, &event, "a", 1), &key, &key))
+        });
+        for receipt in futures_util::future::join_all(calls).await {
+            receipt.unwrap();
+        }
+    }
+    node.close().await;
+
+    // Once the statistics show every ledger row the two stores wrote, they show all their reads.
+    let entries = 4 * voters as i64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while database
+        .numbers("SELECT coalesce(n_tup_ins, 0) FROM pg_stat_user_tables WHERE relname = 'ledger'")
+        .await[0]
+        < entries
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the statistics never showed {entries} entries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One scan of either table would read about as many rows as there are voters.
+    let (users_scanned, _) = table_reads(&database, "users", 0).await;
+    let (keys_scanned, _) = table_reads(&database, "idempotency_keys", 0).await;
+    assert!(
+        users_scanned < voters as i64,
+        "loading the batches' users read {users_scanned} user rows sequentially"
+    );
+    assert!(
+        keys_scanned < voters as i64,
+        "loading the batches' keys read {keys_scanned} key rows sequentially"
+    );
+    database.audit().await;
+}

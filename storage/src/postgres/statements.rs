@@ -23,8 +23,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
 
 use super::codec::{
-    answer_from_columns, answer_to_columns, corrupt, event_from_row, kind_name, seq_column,
-    status_name, to_json, to_nanos, EVENT_COLUMNS,
+    answer_from_columns, answer_to_columns, event_from_row, kind_name, seq_column, status_name,
+    to_json, to_nanos, EVENT_COLUMNS,
 };
 use crate::batch::{Backend, Wanted};
 use crate::ledger::{Changes, Ledger};
@@ -158,22 +158,23 @@ impl Backend for PostgresBackend {
         let queries = self.queries.clone();
         let connection = self.open()?;
         if !wanted.users.is_empty() {
-            // A known user always has an entry (the initial credit), and the latest one holds
-            // the balance.
+            // A known user always has an entry (the initial credit, written with the user's
+            // row), and the latest one holds the balance: one backward probe of
+            // `ledger_by_user` per user. A `LIMIT` keeps the planner from turning the lateral
+            // lookups into a join, which it costs below hundreds of probes while the tables
+            // are young, and which then reads every user under the cluster's write lock.
             queries.add(1);
             let rows = sqlx::query(
-                "SELECT user_id, (SELECT balance FROM ledger WHERE ledger.user_id = users.user_id \
-                 ORDER BY id DESC LIMIT 1) AS balance FROM users WHERE user_id = ANY($1)",
+                "SELECT wanted.user_id, latest.balance \
+                 FROM UNNEST($1::uuid[]) AS wanted (user_id) CROSS JOIN LATERAL \
+                 (SELECT balance FROM ledger WHERE ledger.user_id = wanted.user_id \
+                  ORDER BY id DESC LIMIT 1) AS latest",
             )
             .bind(&wanted.users)
             .fetch_all(&mut *connection)
             .await?;
             for row in rows {
-                let user_id: Uuid = row.try_get("user_id")?;
-                let balance: Option<i64> = row.try_get("balance")?;
-                let balance = balance
-                    .ok_or_else(|| corrupt(format!("user {user_id} has no ledger entry")))?;
-                ledger.remember_balance(user_id, balance);
+                ledger.remember_balance(row.try_get("user_id")?, row.try_get("balance")?);
             }
         }
         if !wanted.events.is_empty() {
@@ -191,10 +192,13 @@ impl Backend for PostgresBackend {
         if !wanted.keys.is_empty() {
             let (scopes, keys): (Vec<Uuid>, Vec<String>) = wanted.keys.iter().cloned().unzip();
             queries.add(1);
+            // One primary-key probe per key, for the same reason as the users above.
             let rows = sqlx::query(
-                "SELECT k.scope, k.key, k.kind, k.fingerprint, k.response \
-                 FROM UNNEST($1::uuid[], $2::text[]) AS wanted (scope, key) \
-                 JOIN idempotency_keys AS k ON k.scope = wanted.scope AND k.key = wanted.key",
+                "SELECT wanted.scope, wanted.key, k.kind, k.fingerprint, k.response \
+                 FROM UNNEST($1::uuid[], $2::text[]) AS wanted (scope, key) CROSS JOIN LATERAL \
+                 (SELECT kind, fingerprint, response FROM idempotency_keys \
+                  WHERE idempotency_keys.scope = wanted.scope \
+                  AND idempotency_keys.key = wanted.key LIMIT 1) AS k",
             )
             .bind(&scopes)
             .bind(&keys)
