@@ -111,6 +111,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
         broker,
         realtime: realtime.clone(),
         timers,
+        balance_refresh: node::BalanceRefresh::default(),
         metrics: metrics_handle(),
         shutdown: shutdown.clone(),
     });
@@ -125,6 +126,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
             });
         }
         Inbound::Redis(inbound) => {
+            tokio::spawn(state.clone().run_balance_refresh());
             tokio::spawn(broker::redis::run_applier(
                 Arc::new(applier_state),
                 inbound,

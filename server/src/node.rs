@@ -20,6 +20,7 @@ use crate::state::AppState;
 use crate::timers::CloseAttempt;
 
 mod resync;
+pub(crate) use resync::BalanceRefresh;
 
 impl AppState {
     /// Applies a change received from the broker to this node: timers and sockets.

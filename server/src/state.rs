@@ -27,6 +27,8 @@ pub struct Shared {
     pub broker: Arc<dyn Broker>,
     pub realtime: Arc<Realtime>,
     pub timers: EventTimers,
+    /// What asks the task that re-reads cached balances from the store (see `node::resync`).
+    pub(crate) balance_refresh: crate::node::BalanceRefresh,
     /// Votes per user (`--vote-rate`): per node, and across the cluster with Redis.
     pub vote_limiter: VoteRateLimiter,
     /// `GET /api/events` per user (`--list-rate`).

@@ -77,6 +77,18 @@ pub trait Broker: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BrokerError>;
 }
 
+/// Why a broker asks its node to reload from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// The periodic pass of a node that trusts its view. No message is known to be lost; what
+    /// it heals is a change nobody published (a node that died between its commit and its
+    /// publish).
+    Routine,
+    /// The node doubted its view (a disconnection, a gap in another node's numbering, a probe
+    /// that did not come back): messages were lost, and anything cached may be stale.
+    AfterDoubt,
+}
+
 /// The node's side of a broker's applier: what it does with a change and how it reloads from
 /// the store. The node (`AppState`, in `node.rs`) implements it, so the broker knows nothing of
 /// the node's state.
@@ -86,6 +98,6 @@ pub trait ChangeApplier: Send + Sync + 'static {
     /// an error means the store could not be read.
     async fn apply_change(&self, message: &BrokerMessage) -> Result<(), StoreError>;
     /// Reloads live events and cached balances from the store (the truth); returns how many
-    /// events the store holds live.
-    async fn resync_from_store(&self) -> Result<usize, StoreError>;
+    /// events the store holds live. `why` says how much of the cache may be stale.
+    async fn resync_from_store(&self, why: Resync) -> Result<usize, StoreError>;
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Broker, BrokerError, BrokerMessage, ChangeApplier};
+use super::{Broker, BrokerError, BrokerMessage, ChangeApplier, Resync};
 
 /// How often a trusted node proves its subscription and reloads from the store.
 const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(5);
@@ -334,7 +334,12 @@ pub async fn run_applier(
                             probe = None;
                             // The subscription delivers: what is committed from now on
                             // arrives, and the reload covers what was committed before.
-                            if reload(node.as_ref()).await {
+                            let why = if inbound.trust.trusted.load(Ordering::SeqCst) {
+                                Resync::Routine
+                            } else {
+                                Resync::AfterDoubt
+                            };
+                            if reload(node.as_ref(), why).await {
                                 inbound.trust.restore();
                                 next_probe = Instant::now() + ANTI_ENTROPY_INTERVAL;
                             } else {
@@ -380,7 +385,7 @@ pub async fn run_applier(
                             [inbound.changes_channel.clone(), inbound.node_channel.clone()],
                         );
                         // Redis cannot be trusted: the store stands in until it can.
-                        reload(node.as_ref()).await;
+                        reload(node.as_ref(), Resync::AfterDoubt).await;
                         next_probe = Instant::now() + DOUBTFUL_RETRY_INTERVAL;
                     }
                 }
@@ -430,8 +435,8 @@ fn lost_envelopes(origins: &mut HashMap<Uuid, Origin>, envelope: &Envelope) -> b
     }
 }
 
-async fn reload(node: &dyn ChangeApplier) -> bool {
-    match node.resync_from_store().await {
+async fn reload(node: &dyn ChangeApplier, why: Resync) -> bool {
+    match node.resync_from_store(why).await {
         Ok(count) => {
             metrics::counter!("livevote_broker_resyncs_total").increment(1);
             tracing::debug!(events = count, "reloaded live events from the store");

@@ -76,6 +76,21 @@ impl BalanceCache {
             .collect()
     }
 
+    /// Cached users with a socket open on this node; reading the list keeps no one.
+    pub(crate) fn users_with_sockets(&self) -> Vec<Uuid> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, cached)| cached.open_sockets > 0)
+                    .map(|(user_id, _)| *user_id)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The balance and its version, if known.
     pub(crate) fn get(&self, user_id: Uuid) -> Option<(i64, u64)> {
         self.shard(user_id).lock().get_mut(&user_id).map(|cached| {
@@ -170,6 +185,8 @@ mod balance_tests {
             cache.insert_if_absent(user, 100);
         }
         cache.socket_opened(watching);
+        assert_eq!(cache.users_with_sockets(), vec![watching]);
+        assert_eq!(cache.users().len(), 3);
         for sweep in 1..=IDLE_SWEEPS_BEFORE_DROP {
             cache.sweep();
             assert!(cache.get(busy).is_some(), "in use before sweep {sweep}");

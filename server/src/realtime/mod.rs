@@ -246,6 +246,11 @@ impl Realtime {
         self.balances.users()
     }
 
+    /// Cached users with a socket open on this node.
+    pub fn watched_balance_users(&self) -> Vec<Uuid> {
+        self.balances.users_with_sockets()
+    }
+
     pub fn sweep_balances(&self) -> usize {
         self.balances.sweep()
     }
