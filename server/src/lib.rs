@@ -6,6 +6,7 @@
 // configuration, tokens, the broker's messages, the error body, the HTTP inputs and the state.
 // How a node applies a change, its caches, sockets and timers stay inside.
 pub mod auth;
+mod balance_refresh;
 pub mod broker;
 mod clock;
 pub mod config;
@@ -111,7 +112,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
         broker,
         realtime: realtime.clone(),
         timers,
-        balance_refresh: node::BalanceRefresh::default(),
+        balance_refresh: balance_refresh::BalanceRefresh::default(),
         metrics: metrics_handle(),
         shutdown: shutdown.clone(),
     });

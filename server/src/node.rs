@@ -20,7 +20,6 @@ use crate::state::AppState;
 use crate::timers::CloseAttempt;
 
 mod resync;
-pub(crate) use resync::BalanceRefresh;
 
 impl AppState {
     /// Applies a change received from the broker to this node: timers and sockets.

@@ -28,7 +28,7 @@ pub struct Shared {
     pub realtime: Arc<Realtime>,
     pub timers: EventTimers,
     /// What asks the task that re-reads cached balances from the store (see `node::resync`).
-    pub(crate) balance_refresh: crate::node::BalanceRefresh,
+    pub(crate) balance_refresh: crate::balance_refresh::BalanceRefresh,
     /// Votes per user (`--vote-rate`): per node, and across the cluster with Redis.
     pub vote_limiter: VoteRateLimiter,
     /// `GET /api/events` per user (`--list-rate`).

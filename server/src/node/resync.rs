@@ -7,8 +7,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livevote_protocol::EventStatus;
 use livevote_storage::{EventRecord, StoreError, BALANCES_PER_QUERY};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use tokio::sync::Notify;
 
 use crate::broker::{BrokerMessage, ChangeApplier, Resync};
 use crate::state::AppState;
@@ -16,42 +14,6 @@ use crate::state::AppState;
 /// The pause between two chunks of a balance pass, so that the writers' batches run in
 /// between rather than queue behind one burst of reads.
 const BALANCE_REFRESH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Routine reloads between two that re-read every cached user rather than only the users with
-/// a socket here: at 5 s a reload, a cached user without a socket is healed within 30 s.
-const ROUTINE_RELOADS_PER_FULL_PASS: u32 = 6;
-
-/// What a reload asks of the balance refresh task (see [`AppState::run_balance_refresh`]):
-/// a pass, and whether it covers every cached user.
-#[derive(Debug, Default)]
-pub(crate) struct BalanceRefresh {
-    wake: Notify,
-    /// Set by a reload that wants every cached user re-read; taken by the next pass.
-    everyone: AtomicBool,
-    routine_reloads: AtomicU32,
-}
-
-impl BalanceRefresh {
-    /// Asks for a pass. One asked for while a pass runs is remembered and runs right after it.
-    fn ask(&self, why: Resync) {
-        let full_pass_due = match why {
-            Resync::AfterDoubt => true,
-            Resync::Routine => self
-                .routine_reloads
-                .fetch_add(1, Ordering::SeqCst)
-                .is_multiple_of(ROUTINE_RELOADS_PER_FULL_PASS),
-        };
-        if full_pass_due {
-            self.everyone.store(true, Ordering::SeqCst);
-        }
-        self.wake.notify_one();
-    }
-
-    /// Whether the pass about to run covers every cached user; a later ask sets it again.
-    fn take_everyone(&self) -> bool {
-        self.everyone.swap(false, Ordering::SeqCst)
-    }
-}
 
 impl AppState {
     /// The events of one stored record as broker messages, applied so that a node that missed
@@ -114,7 +76,7 @@ impl AppState {
     /// cache keeps it only where it is newer, and the pass needs no ordering with the applier.
     ///
     /// A routine pass reads the users with a socket on this node, the ones a stale balance
-    /// would show to; every [`ROUTINE_RELOADS_PER_FULL_PASS`]th, and every one after a doubt,
+    /// would show to; every sixth (see `balance_refresh.rs`), and every one after a doubt,
     /// reads every cached user. Each node caches every voter whose change reached it, so
     /// reading them all every 5 s cost each node as many probes as the cluster has voters
     /// (30,000 every 5 s with 10,000 voters on three nodes); a user without a socket here
@@ -125,7 +87,7 @@ impl AppState {
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                () = self.balance_refresh.wake.notified() => {}
+                () = self.balance_refresh.asked() => {}
             }
             let users = if self.balance_refresh.take_everyone() {
                 self.realtime.cached_balance_users()
@@ -201,37 +163,5 @@ impl ChangeApplier for AppState {
 
     async fn resync_from_store(&self, why: Resync) -> Result<usize, StoreError> {
         self.reload_from_store(why).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routine_reloads_read_every_cached_user_now_and_then_and_a_doubt_always() {
-        let refresh = BalanceRefresh::default();
-        refresh.ask(Resync::Routine);
-        assert!(
-            refresh.take_everyone(),
-            "a node's first reload reads everyone"
-        );
-        for reload in 1..ROUTINE_RELOADS_PER_FULL_PASS {
-            refresh.ask(Resync::Routine);
-            assert!(
-                !refresh.take_everyone(),
-                "routine reload {reload} reads sockets only"
-            );
-        }
-        refresh.ask(Resync::Routine);
-        assert!(refresh.take_everyone(), "the full pass comes round again");
-        refresh.ask(Resync::Routine);
-        refresh.ask(Resync::AfterDoubt);
-        refresh.ask(Resync::Routine);
-        assert!(
-            refresh.take_everyone(),
-            "a doubt asked for during a pass is not lost"
-        );
-        assert!(!refresh.take_everyone(), "taken once");
     }
 }
