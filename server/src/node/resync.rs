@@ -6,14 +6,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livevote_protocol::EventStatus;
-use livevote_storage::{EventRecord, StoreError, BALANCES_PER_QUERY};
+use livevote_storage::{EventRecord, StoreError};
 
 use crate::broker::{BrokerMessage, ChangeApplier, Resync};
 use crate::state::AppState;
-
-/// The pause between two chunks of a balance pass, so that the writers' batches run in
-/// between rather than queue behind one burst of reads.
-const BALANCE_REFRESH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl AppState {
     /// The events of one stored record as broker messages, applied so that a node that missed
@@ -65,15 +61,15 @@ impl AppState {
         for record in live {
             self.apply_record(record);
         }
-        // Balances too, by the task that paces them: a lost BALANCE_UPDATED would otherwise
+        // Balances too, by a task of their own: a lost BALANCE_UPDATED would otherwise
         // show until the user's next change.
         self.balance_refresh.ask(why);
         Ok(count)
     }
 
-    /// Re-reads cached balances from the store each time a reload asks, a chunk of users at a
-    /// time with a pause between chunks. Each balance comes with its ledger version, so the
-    /// cache keeps it only where it is newer, and the pass needs no ordering with the applier.
+    /// Re-reads cached balances from the store each time a reload asks. Each balance comes
+    /// with its ledger version, so the cache keeps it only where it is newer, and the pass
+    /// needs no ordering with the applier.
     ///
     /// A routine pass reads the users with a socket on this node, the ones a stale balance
     /// would show to; every sixth (see `balance_refresh.rs`), and every one after a doubt,
@@ -94,24 +90,20 @@ impl AppState {
             } else {
                 self.realtime.watched_balance_users()
             };
-            for chunk in users.chunks(BALANCES_PER_QUERY) {
-                match self.store.balances(chunk).await {
-                    Ok(found) => {
-                        for found in found {
-                            self.realtime.apply(&BrokerMessage::BalanceChanged {
-                                user_id: found.user_id,
-                                balance: found.balance,
-                                version: found.version,
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        // The next reload (at most 5 s away) asks again.
-                        tracing::warn!(%error, "re-reading cached balances from the store failed");
-                        break;
+            match self.store.balances(&users).await {
+                Ok(found) => {
+                    for found in found {
+                        self.realtime.apply(&BrokerMessage::BalanceChanged {
+                            user_id: found.user_id,
+                            balance: found.balance,
+                            version: found.version,
+                        });
                     }
                 }
-                tokio::time::sleep(BALANCE_REFRESH_PAUSE).await;
+                // The next reload (at most 5 s away) asks again.
+                Err(error) => {
+                    tracing::warn!(%error, "re-reading cached balances from the store failed");
+                }
             }
         }
     }

@@ -70,21 +70,22 @@ impl BalanceCache {
 
     /// Every cached user, for a resync from the store; reading the list keeps no one.
     pub(crate) fn users(&self) -> Vec<Uuid> {
-        self.shards
-            .iter()
-            .flat_map(|shard| shard.lock().keys().copied().collect::<Vec<_>>())
-            .collect()
+        self.users_where(|_| true)
     }
 
     /// Cached users with a socket open on this node; reading the list keeps no one.
     pub(crate) fn users_with_sockets(&self) -> Vec<Uuid> {
+        self.users_where(|cached| cached.open_sockets > 0)
+    }
+
+    fn users_where(&self, wanted: impl Fn(&CachedBalance) -> bool) -> Vec<Uuid> {
         self.shards
             .iter()
             .flat_map(|shard| {
                 shard
                     .lock()
                     .iter()
-                    .filter(|(_, cached)| cached.open_sockets > 0)
+                    .filter(|(_, cached)| wanted(cached))
                     .map(|(user_id, _)| *user_id)
                     .collect::<Vec<_>>()
             })

@@ -240,7 +240,6 @@ impl Realtime {
         self.balances.socket_closed(user_id);
     }
 
-    /// One sweep of the balance cache (see `BalanceCache::sweep`); returns the users left.
     /// Users whose balance this node caches (and so shows on sockets).
     pub fn cached_balance_users(&self) -> Vec<Uuid> {
         self.balances.users()
@@ -251,6 +250,7 @@ impl Realtime {
         self.balances.users_with_sockets()
     }
 
+    /// One sweep of the balance cache (see `BalanceCache::sweep`); returns the users left.
     pub fn sweep_balances(&self) -> usize {
         self.balances.sweep()
     }
