@@ -104,25 +104,40 @@ fn send<T>(reply: Reply<T>, answer: Result<T, StoreError>) {
 /// What the ids, events and keys of a batch's commands are, for the backend to load.
 #[derive(Debug, Default)]
 pub(crate) struct Wanted {
-    /// Users the ledger cache lacks, sorted and without repeats.
+    /// Every user the commands name, sorted and without repeats: all of them must be loaded
+    /// when the cache turns out to be stale once the lock is taken.
     pub(crate) users: Vec<Uuid>,
-    /// Events the ledger cache lacks, sorted and without repeats.
+    /// Every event the commands name, sorted and without repeats.
     pub(crate) events: Vec<Uuid>,
     /// Every `(scope, key)` the commands carry, sorted and without repeats.
     pub(crate) keys: Vec<(Uuid, String)>,
+}
+
+impl Wanted {
+    /// The wanted users `ledger` does not know.
+    pub(crate) fn missing_users(&self, ledger: &Ledger) -> Vec<Uuid> {
+        let unknown = |user_id: &&Uuid| ledger.balance(**user_id).is_none();
+        self.users.iter().filter(unknown).copied().collect()
+    }
+
+    /// The wanted events `ledger` does not know.
+    pub(crate) fn missing_events(&self, ledger: &Ledger) -> Vec<Uuid> {
+        let unknown = |event_id: &&Uuid| ledger.event(**event_id).is_none();
+        self.events.iter().filter(unknown).copied().collect()
+    }
 }
 
 /// The database side of the writer: one connection that holds the write lock for a batch.
 /// Everything a command decides comes from the rules; the backend only reads and writes.
 #[async_trait]
 pub(crate) trait Backend: Send + 'static {
-    /// Opens the batch's transaction holding the write lock, and brings `ledger` in line with
+    /// Opens the batch's transaction holding the write lock, brings `ledger` in line with
     /// whatever another writer committed since (forgetting it, and loading the next entry id
-    /// when the ledger lacks it).
-    async fn begin(&mut self, ledger: &mut Ledger) -> Result<(), StoreError>;
-    /// Loads into `ledger` the users and events of `wanted` it lacks (afterwards one still
-    /// missing does not exist), and into `changes.answers` the stored answers of its keys.
-    async fn load(
+    /// when the ledger lacks it), and loads the users and events of `wanted` the ledger then
+    /// lacks (afterwards one still missing does not exist), and into `changes.answers` the
+    /// stored answers of its keys. A backend does this in as few round trips as it can: every
+    /// one after the lock is taken is time every other node's writer waits.
+    async fn begin(
         &mut self,
         ledger: &mut Ledger,
         wanted: &Wanted,
@@ -245,7 +260,10 @@ impl<B: Backend> Writer<B> {
         staged: &mut Vec<Staged>,
     ) -> Result<(), StoreError> {
         self.ledger.trim();
-        let mut written = self.backend.begin(&mut self.ledger).await;
+        // Commands that expire while the lock is awaited are loaded for nothing, and refused
+        // below all the same: harmless, and it lets the lock and the loads share a round trip.
+        let wanted = Self::wanted(pending.as_slice(), Instant::now());
+        let mut written = self.backend.begin(&mut self.ledger, &wanted, changes).await;
         if written.is_ok() {
             written = self.write(pending, changes, staged).await;
         }
@@ -256,7 +274,7 @@ impl<B: Backend> Writer<B> {
         written
     }
 
-    /// Everything of a batch after BEGIN, COMMIT included.
+    /// Everything of a batch after the lock was taken, COMMIT included.
     async fn write(
         &mut self,
         pending: &mut std::vec::Drain<'_, Queued>,
@@ -266,10 +284,6 @@ impl<B: Backend> Writer<B> {
         // The write lock is held from here on: what waited past its deadline is refused now,
         // before it can change anything, rather than committed behind its caller's back.
         let locked_at = Instant::now();
-        let wanted = self.wanted(pending.as_slice(), locked_at);
-        self.backend
-            .load(&mut self.ledger, &wanted, changes)
-            .await?;
         for queued in pending.by_ref() {
             if queued.deadline <= locked_at {
                 queued
@@ -282,10 +296,10 @@ impl<B: Backend> Writer<B> {
         self.backend.commit(&self.ledger, changes).await
     }
 
-    /// What the batch's live commands will look at and the cache lacks.
-    fn wanted(&self, queued: &[Queued], locked_at: Instant) -> Wanted {
+    /// What the batch's live commands will look at.
+    fn wanted(queued: &[Queued], now: Instant) -> Wanted {
         let mut wanted = Wanted::default();
-        for queued in queued.iter().filter(|queued| queued.deadline > locked_at) {
+        for queued in queued.iter().filter(|queued| queued.deadline > now) {
             match &queued.command {
                 Command::EnsureUser { user_id, .. } => wanted.users.push(*user_id),
                 Command::CreateEvent { event, .. } => wanted.events.push(event.id),
@@ -306,14 +320,8 @@ impl<B: Backend> Writer<B> {
                 Command::Ready { .. } => {}
             }
         }
-        wanted
-            .users
-            .retain(|user_id| self.ledger.balance(*user_id).is_none());
         wanted.users.sort_unstable();
         wanted.users.dedup();
-        wanted
-            .events
-            .retain(|event_id| self.ledger.event(*event_id).is_none());
         wanted.events.sort_unstable();
         wanted.events.dedup();
         wanted.keys.sort_unstable();

@@ -2,12 +2,14 @@
 //! drives on this node's only writing connection. It decides nothing; the rules of
 //! [`crate::ledger`] do.
 //!
-//! Writers of every node are serialised by one row lock: each batch starts with
-//! `UPDATE writer_lock SET generation = generation + 1`, which waits for any other node's batch
-//! to commit. Every statement after it (READ COMMITTED) sees what that batch committed, and
-//! `generation` tells whether anyone else committed since this writer's own last batch; if so,
-//! the cache is dropped before anything is checked, as SQLite's store does with
-//! `PRAGMA data_version`. A batch's rows are written by one statement over `UNNEST`ed arrays,
+//! Writers of every node are serialised by one row lock: each batch starts with the function
+//! `livevote_begin_batch` (migrations/postgres), whose `UPDATE writer_lock SET generation =
+//! generation + 1` waits for any other node's batch to commit. Its reads after the UPDATE, and
+//! every statement after it (READ COMMITTED), see what that batch committed, and `generation`
+//! tells whether anyone else committed since this writer's own last batch; if so, the function
+//! reads every user and event of the batch and the cache is dropped before anything is checked,
+//! as SQLite's store does with `PRAGMA data_version`. Lock and reads share one round trip, so
+//! that the lock is held for the write and COMMIT only. A batch's rows are written by one statement over `UNNEST`ed arrays,
 //! so that its text (and prepared plan) is the same for every batch size and a batch costs
 //! the same few round trips however many commands it carries.
 //!
@@ -119,101 +121,83 @@ fn open(connection: &mut Option<PgConnection>) -> Result<&mut PgConnection, Stor
 
 #[async_trait]
 impl Backend for PostgresBackend {
-    async fn begin(&mut self, ledger: &mut Ledger) -> Result<(), StoreError> {
-        self.queries.add(2);
-        self.reconnect().await?;
-        let connection = open(&mut self.connection)?;
-        sqlx::query("BEGIN").execute(&mut *connection).await?;
-        // The write lock, waited for at most lock_timeout. Everything else is read by later
-        // statements: this one's snapshot was taken before it waited for the lock, so a
-        // subquery here would miss what the previous holder committed.
-        let generation: i64 = sqlx::query_scalar(
-            "UPDATE writer_lock SET generation = generation + 1 RETURNING generation",
-        )
-        .fetch_one(&mut *connection)
-        .await?;
-        if self.generation.map(|ours| ours + 1) != Some(generation) {
-            if self.generation.is_some() {
-                tracing::debug!("another node wrote to the database; reloading the cache");
-            }
-            ledger.forget();
-        }
-        self.generation = Some(generation);
-        if !ledger.knows_next_entry_id() {
-            self.queries.add(1);
-            let next: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM ledger")
-                .fetch_one(&mut *connection)
-                .await?;
-            ledger.set_next_entry_id(next);
-        }
-        Ok(())
-    }
-
-    async fn load(
+    async fn begin(
         &mut self,
         ledger: &mut Ledger,
         wanted: &Wanted,
         changes: &mut Changes,
     ) -> Result<(), StoreError> {
-        let queries = self.queries.clone();
-        let connection = self.open()?;
-        if !wanted.users.is_empty() {
-            // A known user always has an entry (the initial credit, written with the user's
-            // row), and the latest one holds the balance: one backward probe of
-            // `ledger_by_user` per user. A `LIMIT` keeps the planner from turning the lateral
-            // lookups into a join, which it costs below hundreds of probes while the tables
-            // are young, and which then reads every user under the cluster's write lock.
-            queries.add(1);
-            let rows = sqlx::query(
-                "SELECT wanted.user_id, latest.balance \
-                 FROM UNNEST($1::uuid[]) AS wanted (user_id) CROSS JOIN LATERAL \
-                 (SELECT balance FROM ledger WHERE ledger.user_id = wanted.user_id \
-                  ORDER BY id DESC LIMIT 1) AS latest",
-            )
-            .bind(&wanted.users)
-            .fetch_all(&mut *connection)
-            .await?;
-            for row in rows {
-                ledger.remember_balance(row.try_get("user_id")?, row.try_get("balance")?);
+        self.queries.add(2);
+        self.reconnect().await?;
+        let expected_generation = self.generation.map(|ours| ours + 1);
+        let missing_users = wanted.missing_users(ledger);
+        let missing_events = wanted.missing_events(ledger);
+        let (key_scopes, key_names): (Vec<Uuid>, Vec<&str>) = wanted
+            .keys
+            .iter()
+            .map(|(scope, key)| (*scope, key.as_str()))
+            .unzip();
+        let connection = open(&mut self.connection)?;
+        sqlx::query("BEGIN").execute(&mut *connection).await?;
+        // The write lock (waited for at most lock_timeout) and every read of the batch in one
+        // round trip: see the migration that defines the function.
+        let rows =
+            sqlx::query("SELECT * FROM livevote_begin_batch($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(expected_generation)
+                .bind(!ledger.knows_next_entry_id())
+                .bind(&missing_users)
+                .bind(&wanted.users)
+                .bind(&missing_events)
+                .bind(&wanted.events)
+                .bind(&key_scopes)
+                .bind(&key_names)
+                .fetch_all(&mut *connection)
+                .await?;
+        let mut rows = rows.iter();
+        let generation: i64 = match rows.next() {
+            Some(row) if row.try_get::<&str, _>("what")? == "generation" => {
+                row.try_get("number")?
+            }
+            _ => {
+                return Err(StoreError::Database(
+                    "livevote_begin_batch did not return the generation first".to_owned(),
+                ))
+            }
+        };
+        if expected_generation != Some(generation) {
+            if self.generation.is_some() {
+                tracing::debug!("another node wrote to the database; reloading the cache");
+            }
+            // The function read every user and event of the batch, not only the missing ones.
+            ledger.forget();
+        }
+        self.generation = Some(generation);
+        for row in rows {
+            match row.try_get::<&str, _>("what")? {
+                "next_entry" => ledger.set_next_entry_id(row.try_get("number")?),
+                "user" => ledger.remember_balance(row.try_get("id")?, row.try_get("number")?),
+                "event" => ledger.remember_event(event_from_row(row)?),
+                "key" => {
+                    let answer = answer_from_columns(
+                        row.try_get("kind")?,
+                        row.try_get("fingerprint")?,
+                        row.try_get("response")?,
+                    )?;
+                    changes
+                        .answers
+                        .insert((row.try_get("id")?, row.try_get("key")?), answer);
+                }
+                other => {
+                    return Err(StoreError::Database(format!(
+                        "livevote_begin_batch returned an unknown row `{other}`"
+                    )))
+                }
             }
         }
-        if !wanted.events.is_empty() {
-            queries.add(1);
-            let rows = sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY($1)"
-            ))
-            .bind(&wanted.events)
-            .fetch_all(&mut *connection)
-            .await?;
-            for row in rows {
-                ledger.remember_event(event_from_row(&row)?);
-            }
-        }
-        if !wanted.keys.is_empty() {
-            let (scopes, keys): (Vec<Uuid>, Vec<String>) = wanted.keys.iter().cloned().unzip();
-            queries.add(1);
-            // One primary-key probe per key, for the same reason as the users above.
-            let rows = sqlx::query(
-                "SELECT wanted.scope, wanted.key, k.kind, k.fingerprint, k.response \
-                 FROM UNNEST($1::uuid[], $2::text[]) AS wanted (scope, key) CROSS JOIN LATERAL \
-                 (SELECT kind, fingerprint, response FROM idempotency_keys \
-                  WHERE idempotency_keys.scope = wanted.scope \
-                  AND idempotency_keys.key = wanted.key LIMIT 1) AS k",
-            )
-            .bind(&scopes)
-            .bind(&keys)
-            .fetch_all(&mut *connection)
-            .await?;
-            for row in rows {
-                let answer = answer_from_columns(
-                    row.try_get("kind")?,
-                    row.try_get("fingerprint")?,
-                    row.try_get("response")?,
-                )?;
-                changes
-                    .answers
-                    .insert((row.try_get("scope")?, row.try_get("key")?), answer);
-            }
+        if !ledger.knows_next_entry_id() {
+            return Err(StoreError::Database(
+                "livevote_begin_batch did not return the next ledger id".to_owned(),
+            ));
         }
         Ok(())
     }

@@ -43,41 +43,17 @@ impl SqliteBackend {
             data_version: None,
         }
     }
-}
 
-#[async_trait]
-impl Backend for SqliteBackend {
-    async fn begin(&mut self, ledger: &mut Ledger) -> Result<(), StoreError> {
-        // IMMEDIATE takes the write lock now, so that the data_version read in the same round
-        // trip, and every read that follows, see the state this batch will commit on top of.
-        self.queries.add(2);
-        let version: i64 = sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
-            .fetch_one(&mut self.connection)
-            .await?;
-        if self.data_version != Some(version) {
-            if self.data_version.is_some() {
-                tracing::debug!("another connection wrote to the database; reloading the cache");
-                ledger.forget();
-            }
-            self.data_version = Some(version);
-        }
-        if !ledger.knows_next_entry_id() {
-            self.queries.add(1);
-            let next: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM ledger")
-                .fetch_one(&mut self.connection)
-                .await?;
-            ledger.set_next_entry_id(next);
-        }
-        Ok(())
-    }
-
+    /// Loads the users and events of `wanted` that `ledger` lacks, and the stored answers of
+    /// its keys.
     async fn load(
         &mut self,
         ledger: &mut Ledger,
         wanted: &Wanted,
         changes: &mut Changes,
     ) -> Result<(), StoreError> {
-        for chunk in wanted.users.chunks(ROWS_PER_STATEMENT) {
+        let missing_users = wanted.missing_users(ledger);
+        for chunk in missing_users.chunks(ROWS_PER_STATEMENT) {
             // A known user always has an entry (the initial credit), and the latest one holds
             // the balance.
             let mut query = QueryBuilder::<Sqlite>::new(
@@ -98,7 +74,7 @@ impl Backend for SqliteBackend {
                 ledger.remember_balance(user_id, balance);
             }
         }
-        for chunk in wanted.events.chunks(ROWS_PER_STATEMENT) {
+        for chunk in wanted.missing_events(ledger).chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::<Sqlite>::new(format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE id IN ("
             ));
@@ -138,6 +114,39 @@ impl Backend for SqliteBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn begin(
+        &mut self,
+        ledger: &mut Ledger,
+        wanted: &Wanted,
+        changes: &mut Changes,
+    ) -> Result<(), StoreError> {
+        // IMMEDIATE takes the write lock now, so that the data_version read in the same round
+        // trip, and every read that follows, see the state this batch will commit on top of.
+        self.queries.add(2);
+        let version: i64 = sqlx::query_scalar("BEGIN IMMEDIATE; PRAGMA data_version")
+            .fetch_one(&mut self.connection)
+            .await?;
+        if self.data_version != Some(version) {
+            if self.data_version.is_some() {
+                tracing::debug!("another connection wrote to the database; reloading the cache");
+                ledger.forget();
+            }
+            self.data_version = Some(version);
+        }
+        if !ledger.knows_next_entry_id() {
+            self.queries.add(1);
+            let next: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) + 1 FROM ledger")
+                .fetch_one(&mut self.connection)
+                .await?;
+            ledger.set_next_entry_id(next);
+        }
+        // Round trips within one process: SQLite gains nothing from folding them together.
+        self.load(ledger, wanted, changes).await
     }
 
     async fn insert_event(

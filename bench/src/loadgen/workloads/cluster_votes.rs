@@ -71,6 +71,9 @@ struct VoteLog {
     statuses: HashMap<String, u64>,
     per_voter: HashMap<usize, u64>,
     last_answer: Option<Instant>,
+    /// The slowest answer (µs) of the votes scheduled in each second of the step: a tail made
+    /// of one stall shows as one bad second, a steady queue as every second.
+    slowest_by_second: Vec<u64>,
     replay_same: u64,
     replay_different: u64,
     replay_failed: u64,
@@ -82,6 +85,17 @@ impl VoteLog {
         self.accepted += other.accepted;
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
+        }
+        if self.slowest_by_second.len() < other.slowest_by_second.len() {
+            self.slowest_by_second
+                .resize(other.slowest_by_second.len(), 0);
+        }
+        for (slowest, theirs) in self
+            .slowest_by_second
+            .iter_mut()
+            .zip(&other.slowest_by_second)
+        {
+            *slowest = (*slowest).max(*theirs);
         }
         for (voter, count) in other.per_voter {
             *self.per_voter.entry(voter).or_default() += count;
@@ -251,6 +265,14 @@ pub async fn run(cluster: &Cluster, options: &Options, label: &str) -> anyhow::R
         report.row(
             format!("step {number}: latency from the send p50 / p99 / max (ms)"),
             from_send.summary_ms(),
+        );
+        report.row(
+            format!("step {number}: slowest answer of the votes scheduled in each second (ms)"),
+            log.slowest_by_second
+                .iter()
+                .map(|micros| format!("{:.0}", *micros as f64 / 1000.0))
+                .collect::<Vec<_>>()
+                .join(" "),
         );
         report.row(
             format!("step {number}: latency from the scheduled send p50 / p99 / max (ms, includes waiting for a free connection)"),
@@ -448,6 +470,12 @@ async fn step_votes(
                     log.last_answer = Some(at);
                     from_send.record(at - sent);
                     from_schedule.record(at.saturating_duration_since(scheduled));
+                    let second = (index / u64::from(rate.max(1))) as usize;
+                    if log.slowest_by_second.len() <= second {
+                        log.slowest_by_second.resize(second + 1, 0);
+                    }
+                    let micros = u64::try_from((at - sent).as_micros()).unwrap_or(u64::MAX);
+                    log.slowest_by_second[second] = log.slowest_by_second[second].max(micros);
                     let answer = match answer {
                         Ok(answer) => answer,
                         Err(_) => {
