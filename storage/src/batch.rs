@@ -180,7 +180,7 @@ fn stage<T: Send + Sync + 'static>(reply: Reply<T>, result: Result<T, StoreError
 
 /// A batch's failure, once for each of its commands: unavailability stays unavailability
 /// (answered 503, retry later), anything else is a database failure.
-fn same_failure(error: &StoreError) -> StoreError {
+pub(crate) fn same_failure(error: &StoreError) -> StoreError {
     match error {
         StoreError::Unavailable(reason) => StoreError::Unavailable(*reason),
         StoreError::Database(message) => StoreError::Database(message.clone()),

@@ -37,9 +37,11 @@ use crate::{
 pub use crate::batch::WriterOptions;
 
 mod codec;
+mod lookups;
 mod statements;
 
 use codec::{event_from_row, from_nanos, parse_kind, status_name, to_nanos, EVENT_COLUMNS};
+use lookups::BalanceLookups;
 use statements::{PostgresBackend, CONNECT_TIMEOUT};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -62,6 +64,8 @@ pub struct PostgresStore {
     commands: Queue,
     writer: JoinHandle<()>,
     readers: PgPool,
+    /// Single-user balance reads, coalesced.
+    lookups: BalanceLookups,
     queries: QueryCounter,
     /// How long `ready` waits for a reader connection, as for the writer's probe.
     ready_deadline: Duration,
@@ -126,9 +130,11 @@ impl PostgresStore {
         let (commands, receiver) = Queue::new(writer_options);
         let backend = PostgresBackend::new(connection, options, queries.clone());
         let writer = tokio::spawn(Writer::new(backend).run(receiver));
+        let lookups = BalanceLookups::new(readers.clone(), queries.clone());
         Ok(PostgresStore {
             commands,
             writer,
+            lookups,
             readers,
             queries,
             ready_deadline,
@@ -142,8 +148,10 @@ impl PostgresStore {
             commands,
             writer,
             readers,
+            lookups,
             ..
         } = self;
+        drop(lookups);
         commands.close();
         if let Err(error) = writer.await {
             tracing::error!(%error, "the storage writer task failed");
@@ -188,14 +196,7 @@ impl Store for PostgresStore {
     }
 
     async fn balance(&self, user_id: Uuid) -> Result<Option<i64>, StoreError> {
-        self.queries.add(1);
-        let balance = sqlx::query_scalar(
-            "SELECT balance FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.readers)
-        .await?;
-        Ok(balance)
+        self.lookups.balance(user_id).await
     }
 
     async fn balances(&self, user_ids: &[Uuid]) -> Result<Vec<VersionedBalance>, StoreError> {

@@ -1,6 +1,7 @@
 //! The Postgres store reads by index however young the database is and however large its
 //! tables have grown: a batch's idempotency-key lookup and a resync's balance read must not
-//! scan the whole key table or ledger. Postgres's own counters (`pg_stat_user_tables`) tell
+//! scan the whole key table or ledger, and lookups of single users that arrive together share
+//! one query. Postgres's own counters (`pg_stat_user_tables`) tell
 //! what was read. Skips, saying why, when no Postgres answers.
 
 mod support;
@@ -197,5 +198,48 @@ async fn a_batch_of_many_users_probes_their_rows_instead_of_scanning_the_tables(
         keys_scanned < voters as i64,
         "loading the batches' keys read {keys_scanned} key rows sequentially"
     );
+    database.audit().await;
+}
+
+/// An event opening on a busy stream brings thousands of viewers a node has not seen in the same
+/// second, and each one's first request looks up that viewer's balance: read one by one, those
+/// lookups queued behind each other on the reader pool. Lookups waiting together share a query.
+#[tokio::test]
+async fn balance_lookups_that_arrive_together_share_a_query() {
+    let Some(database) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = database.connect().await;
+    let user_ids: Vec<Uuid> = (0..400).map(|_| Uuid::new_v4()).collect();
+    for (index, user_id) in user_ids.iter().enumerate() {
+        store
+            .ensure_user(*user_id, 1_000 + index as i64)
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let node = database.connect().await;
+    let stranger = Uuid::new_v4();
+    let queries_before = node.query_count();
+    let lookups = user_ids
+        .iter()
+        .chain(std::iter::once(&stranger))
+        .map(|user_id| node.balance(*user_id));
+    let balances = futures_util::future::join_all(lookups).await;
+    let queries = node.query_count() - queries_before;
+    for (index, balance) in balances[..user_ids.len()].iter().enumerate() {
+        assert_eq!(balance.as_ref().unwrap(), &Some(1_000 + index as i64));
+    }
+    assert_eq!(
+        balances[user_ids.len()].as_ref().unwrap(),
+        &None,
+        "an unknown user"
+    );
+    assert!(
+        queries <= 10,
+        "{} lookups made at once took {queries} queries",
+        user_ids.len() + 1
+    );
+    node.close().await;
     database.audit().await;
 }
