@@ -148,10 +148,8 @@ impl PostgresStore {
             commands,
             writer,
             readers,
-            lookups,
             ..
         } = self;
-        drop(lookups);
         commands.close();
         if let Err(error) = writer.await {
             tracing::error!(%error, "the storage writer task failed");
@@ -203,26 +201,7 @@ impl Store for PostgresStore {
         let mut found = Vec::with_capacity(user_ids.len());
         for chunk in user_ids.chunks(BALANCES_PER_QUERY) {
             self.queries.add(1);
-            // One backward probe of `ledger_by_user` per user, whatever the statistics say:
-            // a join the planner may turn into a scan of the whole (ever-growing) ledger once
-            // the users asked about hold a good share of its rows, as the periodic resync's
-            // chunks of every cached user do.
-            let rows = sqlx::query(
-                "SELECT wanted.user_id, latest.balance, latest.id \
-                 FROM (SELECT DISTINCT user_id FROM UNNEST($1::uuid[]) AS given (user_id)) \
-                 AS wanted CROSS JOIN LATERAL (SELECT balance, id FROM ledger \
-                 WHERE ledger.user_id = wanted.user_id ORDER BY id DESC LIMIT 1) AS latest",
-            )
-            .bind(chunk)
-            .fetch_all(&self.readers)
-            .await?;
-            for row in rows {
-                found.push(VersionedBalance {
-                    user_id: row.try_get("user_id")?,
-                    balance: row.try_get("balance")?,
-                    version: u64::try_from(row.try_get::<i64, _>("id")?).unwrap_or(0),
-                });
-            }
+            found.extend(lookups::read_balances(&self.readers, chunk).await?);
         }
         Ok(found)
     }

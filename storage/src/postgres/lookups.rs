@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::{QueryCounter, StoreError, Unavailable, BALANCES_PER_QUERY};
+use crate::{QueryCounter, StoreError, Unavailable, VersionedBalance, BALANCES_PER_QUERY};
 
 /// Lookups that may wait for the task before callers wait to hand theirs over.
 const WAITING_LOOKUPS: usize = 8_192;
@@ -76,6 +76,10 @@ async fn answer_lookups(
         queries.add(1);
         match read_balances(&readers, &user_ids).await {
             Ok(balances) => {
+                let balances: HashMap<Uuid, i64> = balances
+                    .into_iter()
+                    .map(|found| (found.user_id, found.balance))
+                    .collect();
                 for lookup in waiting.drain(..) {
                     // A caller that stopped waiting has nobody to tell.
                     let _ = lookup
@@ -92,20 +96,30 @@ async fn answer_lookups(
     }
 }
 
-/// One backward probe of `ledger_by_user` per user (see `PostgresStore::balances`).
-async fn read_balances(
+/// Each user's latest entry (balance and version), one backward probe of `ledger_by_user` per
+/// user whatever the statistics say: a join the planner may turn into a scan of the whole
+/// (ever-growing) ledger once the users asked about hold a good share of its rows, as the
+/// periodic resync's chunks of every cached user do.
+pub(crate) async fn read_balances(
     readers: &PgPool,
     user_ids: &[Uuid],
-) -> Result<HashMap<Uuid, i64>, StoreError> {
+) -> Result<Vec<VersionedBalance>, StoreError> {
     let rows = sqlx::query(
-        "SELECT wanted.user_id, latest.balance FROM UNNEST($1::uuid[]) AS wanted (user_id) \
-         CROSS JOIN LATERAL (SELECT balance FROM ledger WHERE ledger.user_id = wanted.user_id \
-         ORDER BY id DESC LIMIT 1) AS latest",
+        "SELECT wanted.user_id, latest.balance, latest.id \
+         FROM (SELECT DISTINCT user_id FROM UNNEST($1::uuid[]) AS given (user_id)) \
+         AS wanted CROSS JOIN LATERAL (SELECT balance, id FROM ledger \
+         WHERE ledger.user_id = wanted.user_id ORDER BY id DESC LIMIT 1) AS latest",
     )
     .bind(user_ids)
     .fetch_all(readers)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("user_id")?, row.try_get("balance")?)))
+        .map(|row| {
+            Ok(VersionedBalance {
+                user_id: row.try_get("user_id")?,
+                balance: row.try_get("balance")?,
+                version: u64::try_from(row.try_get::<i64, _>("id")?).unwrap_or(0),
+            })
+        })
         .collect()
 }

@@ -9,9 +9,9 @@
 //! tells whether anyone else committed since this writer's own last batch; if so, the function
 //! reads every user and event of the batch and the cache is dropped before anything is checked,
 //! as SQLite's store does with `PRAGMA data_version`. Lock and reads share one round trip, so
-//! that the lock is held for the write and COMMIT only. A batch's rows are written by one statement over `UNNEST`ed arrays,
-//! so that its text (and prepared plan) is the same for every batch size and a batch costs
-//! the same few round trips however many commands it carries.
+//! that the lock is held for the write and COMMIT only. A batch's rows are written by one
+//! statement over `UNNEST`ed arrays, so that its text (and prepared plan) is the same for every
+//! batch size and a batch costs the same few round trips however many commands it carries.
 //!
 //! The connection is opened again when it was lost (Postgres restarted, a network cut): a
 //! failed batch drops it, and the next batch reconnects.
