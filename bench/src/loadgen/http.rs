@@ -32,6 +32,16 @@ pub async fn connect_tcp(
         // Reusing ports still in TIME_WAIT from an earlier phase keeps a reconnect storm from
         // running out of ports; the 4-tuple stays unique because the kernel checks it at connect.
         socket.set_reuseaddr(true)?;
+        // A bind to port 0 picks the port at once, searching the source address's bound ports
+        // in the kernel, which slows as thousands share it and stalls the runtime's workers:
+        // with 100,000 sockets over 8 sources, PINGs waited 10-18 s for their task and most
+        // sockets were closed 4000. Deferring the port to connect (only the 4-tuple must be
+        // free there) opens that fleet in 16 s instead of 53, every socket answering in time.
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
+            setsockopt(&socket, IpBindAddressNoPort, &true).map_err(std::io::Error::from)?;
+        }
         socket.bind(SocketAddr::new(source, 0))?;
     }
     let stream = socket.connect(address).await?;
