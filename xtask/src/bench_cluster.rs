@@ -415,12 +415,22 @@ fn targets(text: &mut String, summary: &BTreeMap<String, String>) {
     let still_open = number(summary, "livevote-100k.cluster_sockets.still_open");
     let big_kib = number(summary, "livevote-100k.cluster_sockets.kib_per_socket");
     let big_idle = number(summary, "livevote-100k.cluster_sockets.idle_cores");
-    let verdict = match (sockets, still_open) {
-        (Some(_), Some(open)) if open >= 100_000.0 => "met".to_string(),
+    // Holding the fleet is one target; the issue measures memory and idle CPU at that size too.
+    let held = match (sockets, still_open) {
+        (Some(_), Some(open)) if open >= 100_000.0 => "held: met".to_string(),
         (Some(subscribed), Some(open)) => format!(
-            "MISSED: {subscribed:.0} subscribed, {open:.0} still open after the idle window (see its section)"
+            "held: MISSED ({subscribed:.0} subscribed, {open:.0} still open after the idle window; see its section)"
         ),
         _ => "not measured".to_string(),
+    };
+    let verdict = if sockets.is_some() {
+        format!(
+            "{held}; ≤ 4 KiB a socket: {}; ≤ 0.1 idle core: {}",
+            verdict(big_kib.map(|kib| kib <= 4.0)),
+            verdict(big_idle.map(|cores| cores <= 0.1))
+        )
+    } else {
+        held
     };
     let _ = writeln!(
         text,
